@@ -1,0 +1,154 @@
+"""The typed error tree of hybridxfer.
+
+Every failure a user can see is one of these; native errors (socket, NIXL, UCXX) are
+translated at the transport boundary and kept as ``__cause__``::
+
+    HybridXferError
+    ├── LayoutError                 a layout file or value is wrong (every problem at once)
+    ├── IncompatibleLayoutsError    P and D layouts cannot be paired (model, dtype, TP, geometry)
+    ├── BlockIdError                block IDs of a request are out of range, duplicated, mismatched
+    ├── TransportNotFoundError      no transport registered under that name
+    └── TransportError              something went wrong moving bytes
+        ├── ConnectError            could not reach or handshake with a peer
+        ├── AuthenticationError     the peer refused our secret (or we refused theirs)
+        ├── ClosedTransportError    used after ``aclose()``
+        ├── BrokenTransportError    the connection died; the transport must be reconnected
+        ├── ProtocolError           a peer sent a malformed or unexpected frame
+        └── TransferError           a transfer failed; says which request/rank/blocks
+            └── TransferTimeout     a transfer did not finish within its deadline
+
+Why a tree: callers catch the level they can act on — an engine recomputes on
+``TransferError`` and re-handshakes on ``BrokenTransportError``; a CLI prints any
+``HybridXferError`` without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+__all__ = [
+    "AuthenticationError",
+    "BlockIdError",
+    "BrokenTransportError",
+    "ClosedTransportError",
+    "ConnectError",
+    "HybridXferError",
+    "IncompatibleLayoutsError",
+    "LayoutError",
+    "LayoutProblem",
+    "ProtocolError",
+    "TransferError",
+    "TransferTimeout",
+    "TransportError",
+    "TransportNotFoundError",
+]
+
+
+class HybridXferError(Exception):
+    """Root of every error hybridxfer raises on purpose."""
+
+
+@attrs.frozen
+class LayoutProblem:
+    """One thing wrong with a layout: where it is and why it is wrong.
+
+    ``path`` is the key path inside the document (``regions[2].members``), ``line`` the
+    1-based line in ``file`` when the source format lets us know it.
+    """
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file or "<layout>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.path:
+            where += f": {self.path}"
+        return f"{where}: {self.message}"
+
+
+class LayoutError(HybridXferError):
+    """A layout (file or value) is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[LayoutProblem] | str) -> None:
+        if isinstance(problems, str):
+            problems = [LayoutProblem(problems)]
+        self.problems: tuple[LayoutProblem, ...] = tuple(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"{len(self.problems)} layout {noun}:\n{lines}")
+
+
+class IncompatibleLayoutsError(HybridXferError):
+    """The source and destination layouts cannot be paired (checked before any byte moves)."""
+
+
+class BlockIdError(HybridXferError):
+    """A request's block IDs are invalid for the layout (range, duplicates, counts)."""
+
+
+class TransportNotFoundError(HybridXferError):
+    """No transport is registered under the requested name."""
+
+
+class TransportError(HybridXferError):
+    """Base of every failure while moving bytes or talking to a peer."""
+
+
+class ConnectError(TransportError):
+    """A peer could not be reached, or the handshake with it failed."""
+
+
+class AuthenticationError(ConnectError):
+    """The shared secret did not match; nothing was served."""
+
+
+class ClosedTransportError(TransportError):
+    """The transport (or agent) was used after ``aclose()``."""
+
+
+class BrokenTransportError(TransportError):
+    """The connection to a peer died; further use needs a reconnect."""
+
+
+class ProtocolError(TransportError):
+    """A peer sent a frame that violates the wire protocol."""
+
+
+class TransferError(TransportError):
+    """A transfer failed. Names what failed so the caller can recompute exactly that.
+
+    The destination bytes of the failed request are *not valid*: some may have been
+    written, others not. ``invalid_blocks`` maps each destination group to the block IDs
+    that must not be used.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        source_rank: int | None = None,
+        invalid_blocks: dict[str, tuple[int, ...]] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.source_rank = source_rank
+        self.invalid_blocks: dict[str, tuple[int, ...]] = dict(invalid_blocks or {})
+        parts = [message]
+        if request_id is not None:
+            parts.append(f"request={request_id!r}")
+        if source_rank is not None:
+            parts.append(f"source_rank={source_rank}")
+        if self.invalid_blocks:
+            groups = ", ".join(f"{g}:{len(b)} blocks" for g, b in sorted(self.invalid_blocks.items()))
+            parts.append(f"invalid destination blocks: {groups}")
+        super().__init__("; ".join(parts))
+
+
+class TransferTimeout(TransferError):
+    """A transfer did not complete within its deadline; the peer may be stalled."""

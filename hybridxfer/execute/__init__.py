@@ -1,0 +1,21 @@
+"""Execution: the per-rank :class:`Agent` and the plans it runs."""
+
+from __future__ import annotations
+
+from hybridxfer.execute._agent import Agent, CompletedRequest, Peer
+from hybridxfer.execute._executable import ExecutablePlan, TransferResult
+from hybridxfer.execute._info import AgentInfo, LayoutLike
+from hybridxfer.execute._memory import RawMemory
+from hybridxfer.execute._stats import AgentStatistics
+
+__all__ = [
+    "Agent",
+    "AgentInfo",
+    "AgentStatistics",
+    "CompletedRequest",
+    "ExecutablePlan",
+    "LayoutLike",
+    "Peer",
+    "RawMemory",
+    "TransferResult",
+]

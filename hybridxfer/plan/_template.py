@@ -1,0 +1,230 @@
+"""Compile a plan template: the geometry of every descriptor, before block IDs are known.
+
+``compile_plan(src_ranks, dst_rank)`` pairs every piece D holds with the P pieces that
+hold the same logical elements, decides which P rank provides which units, and stores per
+pairing the byte runs *relative to one block* (one token chunk for attention pieces).
+Binding block IDs later is then pure numpy arithmetic. Templates are cached per layout
+pair, so an engine pays compile once per peer set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import attrs
+
+from hybridxfer.errors import IncompatibleLayoutsError
+from hybridxfer.layout import TOKEN_AXIS, PlacedPiece, RankLayout
+from hybridxfer.plan._runs import AxisSpan, Runs, box_runs, concat_runs
+from hybridxfer.plan._sources import natural_sources, shard_intervals
+
+__all__ = ["Job", "PlanTemplate", "compile_plan"]
+
+
+@attrs.frozen(eq=False)
+class Job:
+    """One (layer, source piece, destination piece) pairing from one source rank.
+
+    ``runs`` are relative to the piece's block start on each side (for token pieces: to
+    the start of a chunk of ``chunk_tokens`` tokens at token offset 0 of a kernel block).
+    """
+
+    src_rank: int
+    layer: str
+    kind: str
+    src_group: str
+    dst_group: str
+    src_region: int
+    dst_region: int
+    src: PlacedPiece
+    dst: PlacedPiece
+    runs: Runs
+    window: int | None
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.dst.piece.has_tokens
+
+
+@attrs.frozen(eq=False)
+class PlanTemplate:
+    """Everything about a (P ranks, D rank) pairing that does not depend on block IDs."""
+
+    src: tuple[RankLayout, ...]
+    dst: RankLayout
+    coalesce: bool
+    chunk_tokens: int
+    jobs: tuple[Job, ...]
+    notify_ranks: tuple[int, ...]
+    #: dst group pairs whose pieces share bytes of some region (their block IDs must differ)
+    aliasing_groups: tuple[tuple[str, str], ...]
+    #: per dst state group: page padding bytes left untouched per request block
+    state_padding: tuple[tuple[str, int], ...]
+
+    @property
+    def src_tp(self) -> int:
+        return len(self.src)
+
+    @property
+    def source_ranks(self) -> tuple[int, ...]:
+        return tuple(sorted({j.src_rank for j in self.jobs}))
+
+    def bind(self, src_blocks: object, dst_blocks: object, *, num_tokens: int | None = None) -> object:
+        """Bind a request's block IDs: see :func:`hybridxfer.plan.bind`."""
+        from hybridxfer.plan._bind import bind
+
+        return bind(self, src_blocks, dst_blocks, num_tokens=num_tokens)  # type: ignore[arg-type]
+
+
+def compile_plan(src: Sequence[RankLayout], dst: RankLayout, *, coalesce: bool = True) -> PlanTemplate:
+    """Compile (cached) the template for D rank ``dst`` reading from P ranks ``src``.
+
+    ``src`` lists every P rank's layout, rank 0 first. Raises
+    :class:`~hybridxfer.errors.IncompatibleLayoutsError` before any byte moves when the
+    layouts cannot be paired.
+    """
+    return _compile_cached(tuple(src), dst, coalesce)
+
+
+@lru_cache(maxsize=256)
+def _compile_cached(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool) -> PlanTemplate:
+    _check_pairing(src, dst)
+    src_tp, dst_tp = len(src), dst.tp
+    chunk = math.gcd(src[0].kernel_block_tokens, dst.kernel_block_tokens)
+    jobs: list[Job] = []
+    for dst_pp in dst.placements:
+        covered = 0
+        for rank, s_layout in enumerate(src):
+            for src_pp in s_layout.placements:
+                if src_pp.layer != dst_pp.layer or src_pp.piece.tensor != dst_pp.piece.tensor:
+                    continue
+                for p_rank, runs in _pair_runs(src_pp, src_tp, dst_pp, dst_tp, dst.rank, chunk, coalesce).items():
+                    if p_rank != rank or not len(runs):
+                        continue
+                    covered += runs.nbytes
+                    spec = dst.layout.layer_spec(dst_pp.layer)
+                    jobs.append(Job(
+                        src_rank=rank, layer=dst_pp.layer, kind=dst_pp.kind,
+                        src_group=src_pp.group, dst_group=dst_pp.group,
+                        src_region=s_layout.region_index(src_pp.region),
+                        dst_region=dst.region_index(dst_pp.region),
+                        src=src_pp, dst=dst_pp, runs=runs, window=spec.sliding_window,
+                    ))
+        piece = dst_pp.piece
+        expected = piece.nbytes * chunk // dst.kernel_block_tokens if piece.has_tokens else piece.nbytes
+        if covered != expected:
+            raise IncompatibleLayoutsError(
+                f"D rank {dst.rank} (TP={dst_tp}): piece {piece.name!r} of layer {dst_pp.layer!r} needs "
+                f"{expected} bytes per block but P (TP={src_tp}) provides {covered}: the shards do not match")
+    jobs.sort(key=lambda j: (j.src_rank, j.dst_region, j.dst.base))
+    natural = natural_sources(src_tp, dst_tp, dst.rank)
+    notify = tuple(sorted(set(natural) | {j.src_rank for j in jobs}))
+    return PlanTemplate(
+        src=src, dst=dst, coalesce=coalesce, chunk_tokens=chunk, jobs=tuple(jobs),
+        notify_ranks=notify, aliasing_groups=_aliasing_groups(dst),
+        state_padding=_state_padding(dst),
+    )
+
+
+def _check_pairing(src: tuple[RankLayout, ...], dst: RankLayout) -> None:
+    if not src:
+        raise IncompatibleLayoutsError("no source ranks given")
+    src_tp = len(src)
+    for i, s in enumerate(src):
+        if s.tp != src_tp or s.rank != i:
+            raise IncompatibleLayoutsError(
+                f"source layouts must be P ranks 0..{src_tp - 1} of one TP-{src_tp} engine; "
+                f"position {i} holds rank {s.rank} of TP {s.tp}")
+        if s.layout.digest != src[0].layout.digest:
+            raise IncompatibleLayoutsError(f"P rank {i} has a different layout than P rank 0")
+    if src[0].model_digest != dst.model_digest:
+        raise IncompatibleLayoutsError(_model_difference(src[0], dst))
+    big, small = max(src_tp, dst.tp), min(src_tp, dst.tp)
+    if big % small:
+        raise IncompatibleLayoutsError(
+            f"TP sizes P={src_tp} and D={dst.tp} are not divisible: one must divide the other")
+
+
+def _model_difference(a: RankLayout, b: RankLayout) -> str:
+    from hybridxfer.layout._kinds import model_fields
+
+    if a.layout.model != b.layout.model:
+        return f"different models: P serves {a.layout.model!r}, D expects {b.layout.model!r}"
+    la = {lay.name: model_fields(a.layout.layer_spec(lay.name)) for lay in a.layout.layers}
+    lb = {lay.name: model_fields(b.layout.layer_spec(lay.name)) for lay in b.layout.layers}
+    if set(la) != set(lb):
+        only = sorted(set(la) ^ set(lb))[:5]
+        return f"model {a.layout.model!r}: P and D have different layers (e.g. {only})"
+    for name in la:
+        if la[name] != lb[name]:
+            diff = {k: (la[name].get(k), lb[name].get(k)) for k in la[name] if la[name].get(k) != lb[name].get(k)}
+            return f"model {a.layout.model!r}: layer {name!r} differs between P and D (P, D): {diff}"
+    return f"model {a.layout.model!r}: P and D model digests differ"
+
+
+def _pair_runs(
+    src_pp: PlacedPiece, src_tp: int, dst_pp: PlacedPiece, dst_tp: int, dst_rank: int,
+    chunk: int, coalesce: bool,
+) -> dict[int, Runs]:
+    """Per source rank: runs moving the elements D's piece takes from P's piece."""
+    sp, dp = src_pp.piece, dst_pp.piece
+    if set(sp.axes) != set(dp.axes) or sp.dtype != dp.dtype:
+        raise IncompatibleLayoutsError(
+            f"layer {dst_pp.layer!r}: P piece {sp.name!r} {sp.axes}/{sp.dtype} and D piece {dp.name!r} "
+            f"{dp.axes}/{dp.dtype} do not describe the same tensor")
+    s_str = dict(zip(sp.axes, sp.strides(), strict=True))
+    d_str = dict(zip(dp.axes, dp.strides(), strict=True))
+    spans: dict[str, AxisSpan] = {}
+    for axis in dp.axes:
+        if axis == sp.sharded_axis or axis == TOKEN_AXIS:
+            continue
+        lo = max(sp.start(axis), dp.start(axis))
+        hi = min(sp.start(axis) + sp.extent(axis), dp.start(axis) + dp.extent(axis))
+        if hi <= lo:
+            return {}
+        spans[axis] = AxisSpan(hi - lo, lo - sp.start(axis), lo - dp.start(axis))
+    if TOKEN_AXIS in dp.axes:
+        spans[TOKEN_AXIS] = AxisSpan(chunk, 0, 0)
+    if sp.sharded_axis is None:
+        rank = natural_sources(src_tp, dst_tp, dst_rank)[0]
+        return {rank: box_runs(spans, s_str, d_str, dp.axes, dp.itemsize)}
+    axis = sp.sharded_axis
+    out: dict[int, Runs] = {}
+    per_rank = shard_intervals(sp, src_tp, dp, dst_tp, dst_rank, merge_segments=coalesce)
+    for rank, intervals in per_rank.items():
+        parts = [box_runs({**spans, axis: AxisSpan(iv.count, iv.src_start, iv.dst_start)},
+                          s_str, d_str, dp.axes, dp.itemsize) for iv in intervals]
+        out[rank] = concat_runs(parts, coalesce)
+    return out
+
+
+def _aliasing_groups(dst: RankLayout) -> tuple[tuple[str, str], ...]:
+    spans: dict[str, list[tuple[int, int, str]]] = {}
+    ratio = dst.blocks_per_kernel
+    for pp in dst.placements:
+        size = pp.piece.nbytes * (ratio if pp.piece.has_tokens else 1)
+        spans.setdefault(pp.region, []).append((pp.base, pp.base + size, pp.group))
+    pairs: set[tuple[str, str]] = set()
+    for items in spans.values():
+        for i, (s0, e0, g0) in enumerate(items):
+            for s1, e1, g1 in items[i + 1:]:
+                if g0 != g1 and s0 < e1 and s1 < e0:
+                    pairs.add((min(g0, g1), max(g0, g1)))
+    return tuple(sorted(pairs))
+
+
+def _state_padding(dst: RankLayout) -> tuple[tuple[str, int], ...]:
+    """Bytes of each state group's pages that hold no state (engine padding)."""
+    used: dict[tuple[str, str, int], int] = {}
+    for pp in dst.placements:
+        if not pp.piece.has_tokens:
+            slab = pp.base // max(pp.page_stride * dst.num_blocks, 1)
+            key = (pp.group, pp.region, slab)
+            used[key] = used.get(key, 0) + pp.piece.nbytes
+    pad: dict[str, int] = {}
+    for (group, region, _slab), nbytes in used.items():
+        page = dst.region_page_bytes[dst.region_index(region)]
+        pad[group] = pad.get(group, 0) + page - nbytes
+    return tuple(sorted(pad.items()))

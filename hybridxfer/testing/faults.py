@@ -1,0 +1,94 @@
+"""``FaultInjectingTransport``: make one-sided and two-sided failures reproducible.
+
+Why a wrapper: killing processes at the right byte is racy; wrapping any transport and
+failing *exactly* the Nth read, stalling it, losing a notification or dropping the
+connection mid-batch turns each fault-table row into a deterministic test — for every
+transport, since the wrapper only uses the public contract.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import anyio
+
+from hybridxfer.errors import TransferError
+from hybridxfer.transport import MemoryRegion, Notification, PeerHandle, ReadBatch, Transport, TransportCapabilities
+
+__all__ = ["FaultInjectingTransport"]
+
+
+class FaultInjectingTransport:
+    """Wraps ``inner``; counts reads/notifies from 1 and injects the configured faults.
+
+    * ``fail_read``: the Nth read raises :class:`TransferError` before moving a byte.
+    * ``stall_read``: the Nth read sleeps ``stall_seconds`` (default forever) first —
+      a peer that stops answering; only the caller's deadline ends it.
+    * ``break_read``: the Nth read moves the first half of its rows, then raises —
+      a connection closed mid-transfer (the destination is partly written).
+    * ``drop_notification``: the Nth notify returns as if delivered but sends nothing.
+    """
+
+    def __init__(self, inner: Transport, *, fail_read: int | None = None, stall_read: int | None = None,
+                 stall_seconds: float = math.inf, break_read: int | None = None,
+                 drop_notification: int | None = None) -> None:
+        self.inner = inner
+        self.fail_read, self.stall_read, self.break_read = fail_read, stall_read, break_read
+        self.stall_seconds = stall_seconds
+        self.drop_notification = drop_notification
+        self.reads = 0
+        self.notifications = 0
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def capabilities(self) -> TransportCapabilities:
+        return self.inner.capabilities
+
+    async def __aenter__(self) -> FaultInjectingTransport:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def register(self, regions: Sequence[MemoryRegion]) -> None:
+        await self.inner.register(regions)
+
+    def local_metadata(self) -> bytes:
+        return self.inner.local_metadata()
+
+    async def connect(self, metadata: bytes) -> PeerHandle:
+        return await self.inner.connect(metadata)
+
+    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+        """Like the inner read, with the configured fault. Cancellation: as the inner read
+        (a stalled read is simply abandoned)."""
+        self.reads += 1
+        n = self.reads
+        if n == self.fail_read:
+            await anyio.lowlevel.checkpoint()
+            raise TransferError(f"injected failure of read {n}")
+        if n == self.stall_read:
+            await anyio.sleep(self.stall_seconds)
+        if n == self.break_read:
+            await self.inner.read(peer, batch.slice(0, len(batch) // 2))
+            raise TransferError(f"injected connection loss during read {n}")
+        await self.inner.read(peer, batch)
+
+    async def notify(self, peer: PeerHandle, message: bytes) -> None:
+        """Like the inner notify, unless this is the notification to lose."""
+        self.notifications += 1
+        if self.notifications == self.drop_notification:
+            await anyio.lowlevel.checkpoint()
+            return
+        await self.inner.notify(peer, message)
+
+    async def next_notification(self) -> Notification:
+        return await self.inner.next_notification()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

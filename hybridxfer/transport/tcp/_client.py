@@ -1,0 +1,225 @@
+"""The reading (D) side of the TCP transport: authenticated connections and a small pool.
+
+A connection carries one request at a time (the reply is a raw byte stream), so
+concurrency comes from several connections per peer. A connection whose stream position
+became unknown — cancelled mid-reply, peer error, timeout — is closed, never reused; the
+pool opens a fresh one on the next read, which is also how a restarted peer is reached
+again.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import logging
+import os
+import socket
+from collections.abc import Sequence
+
+import anyio
+import attrs
+
+from hybridxfer.errors import AuthenticationError, BrokenTransportError, ConnectError, ProtocolError, TransferError
+from hybridxfer.transport.tcp import _wire
+from hybridxfer.transport.tcp._io import recv_exactly, recv_runs, send_views
+from hybridxfer.transport.tcp._server import close_socket, tune_socket
+
+__all__ = ["ClientOptions", "TcpConnection", "TcpPeer"]
+
+log = logging.getLogger("hybridxfer.transport.tcp.client")
+
+Runs = tuple[_wire.Int64Array, _wire.Int64Array, _wire.Int64Array]
+
+
+@attrs.frozen
+class ClientOptions:
+    """What a D side needs to open connections to one peer."""
+
+    client_name: str
+    secret: bytes = attrs.field(repr=False)
+    connect_timeout: float = 10.0
+    #: Seconds of no progress on a socket before the peer is considered dead.
+    stall_timeout: float = 30.0
+
+
+class TcpConnection:
+    """One authenticated socket to a peer's server."""
+
+    def __init__(self, sock: socket.socket, options: ClientOptions) -> None:
+        self._sock = sock
+        self._options = options
+        self._seq = 0
+
+    @classmethod
+    async def open(cls, host: str, port: int, options: ClientOptions) -> TcpConnection:
+        """Connect and authenticate both ways. Cancellation closes the half-open socket."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            tune_socket(sock)
+            with anyio.fail_after(options.connect_timeout):
+                code = sock.connect_ex((host, port))
+                if code in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+                    await anyio.wait_writable(sock)
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise ConnectError(f"cannot connect to {host}:{port}: {os.strerror(code)}")
+                conn = cls(sock, options)
+                await conn._authenticate(host, port)
+            return conn
+        except TimeoutError as exc:
+            close_socket(sock)
+            raise ConnectError(f"connecting to {host}:{port} timed out") from exc
+        except (BrokenTransportError, ProtocolError, OSError) as exc:
+            close_socket(sock)
+            raise ConnectError(f"handshake with {host}:{port} failed: {exc}") from exc
+        except BaseException:
+            close_socket(sock)
+            raise
+
+    async def _frame(self) -> tuple[_wire.FrameType, _wire.Payload]:
+        stall = self._options.stall_timeout
+        frame_type, length = _wire.parse_header(await recv_exactly(self._sock, _wire.HEADER.size, stall))
+        payload = await recv_exactly(self._sock, length, stall) if length else b""
+        return frame_type, _wire.decode_payload(frame_type, payload)
+
+    async def _authenticate(self, host: str, port: int) -> None:
+        opts = self._options
+        frame_type, challenge = await self._frame()
+        if not isinstance(challenge, _wire.Challenge):
+            raise ProtocolError(f"expected CHALLENGE, got {frame_type.name}")
+        nonce = os.urandom(_wire.NONCE_BYTES)
+        mac = _wire.client_mac(opts.secret, challenge.nonce, nonce, opts.client_name)
+        auth = _wire.encode_frame(_wire.FrameType.AUTH, nonce + mac + opts.client_name.encode())
+        await send_views(self._sock, [auth], opts.stall_timeout)
+        frame_type, reply = await self._frame()
+        if frame_type is _wire.FrameType.AUTH_FAIL:
+            raise AuthenticationError(f"peer {challenge.server_name!r} at {host}:{port} refused our secret")
+        if not isinstance(reply, bytes) or frame_type is not _wire.FrameType.AUTH_OK:
+            raise ProtocolError(f"expected AUTH_OK, got {frame_type.name}")
+        if not hmac.compare_digest(reply, _wire.server_mac(opts.secret, challenge.nonce, nonce)):
+            raise AuthenticationError(f"peer at {host}:{port} does not know the shared secret")
+
+    async def read(self, src_region: _wire.Int64Array, src_offset: _wire.Int64Array,
+                   length: _wire.Int64Array, region_views: Sequence[memoryview], dst_runs: Runs,
+                   total: int) -> None:
+        """One READ round trip; bytes land in ``dst_runs`` in order (no intermediate copy).
+
+        ``dst_runs`` are (region, offset, length) columns over ``region_views``, in the
+        order the requested bytes arrive. A refusal (``READ_ERR``) raises :class:`TransferError` and leaves the connection
+        usable; anything else raises and leaves it unusable (the caller closes it).
+        """
+        self._seq += 1
+        seq = self._seq
+        stall = self._options.stall_timeout
+        await send_views(self._sock, _wire.encode_read_request(seq, src_region, src_offset, length), stall)
+        frame_type, reply = await self._frame()
+        if isinstance(reply, _wire.ReadError) and reply.seq == seq:
+            raise TransferError(f"peer refused the read, no bytes moved: {reply.reason}")
+        if not isinstance(reply, _wire.ReadOk) or reply.seq != seq:
+            raise ProtocolError(f"expected READ_OK for request {seq}, got {frame_type.name}")
+        if reply.total != total:
+            raise ProtocolError(f"peer announced {reply.total} bytes, we asked for {total}")
+        await recv_runs(self._sock, region_views, dst_runs, stall)
+
+    async def notify(self, message: bytes) -> None:
+        frame = _wire.encode_frame(_wire.FrameType.NOTIFY, message)
+        await send_views(self._sock, [frame], self._options.stall_timeout)
+        frame_type, _ = await self._frame()
+        if frame_type is not _wire.FrameType.NOTIFY_ACK:
+            raise ProtocolError(f"expected NOTIFY_ACK, got {frame_type.name}")
+
+    def close(self) -> None:
+        close_socket(self._sock)
+
+
+class TcpPeer:
+    """A pool of up to ``max_connections`` connections to one peer's server."""
+
+    def __init__(self, *, name: str, region_names: Sequence[str], region_lengths: Sequence[int],
+                 host: str, port: int, options: ClientOptions, max_connections: int) -> None:
+        self._name = name
+        self._region_names = tuple(region_names)
+        self.region_lengths = tuple(region_lengths)
+        self.host, self.port = host, port
+        self._options = options
+        self._limiter = anyio.CapacityLimiter(max_connections)
+        self._idle: list[TcpConnection] = []
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def region_names(self) -> Sequence[str]:
+        return self._region_names
+
+    @property
+    def max_connections(self) -> int:
+        return int(self._limiter.total_tokens)
+
+    async def warm_up(self) -> None:
+        """Open and authenticate one connection now, so connect() fails early and typed."""
+        self._idle.append(await TcpConnection.open(self.host, self.port, self._options))
+
+    async def _acquire(self) -> TcpConnection:
+        if self._idle:
+            return self._idle.pop()
+        return await TcpConnection.open(self.host, self.port, self._options)
+
+    async def read(self, src_region: _wire.Int64Array, src_offset: _wire.Int64Array,
+                   length: _wire.Int64Array, region_views: Sequence[memoryview], dst_runs: Runs,
+                   total: int) -> None:
+        """Run one READ on a pooled connection. Cancellation closes that connection only."""
+        async with self._limiter:
+            if self._closed:
+                raise TransferError(f"connection pool to {self._name!r} is closed")
+            try:
+                conn = await self._acquire()
+            except ConnectError as exc:
+                raise TransferError(f"cannot reach peer {self._name!r}: {exc}") from exc
+            try:
+                await conn.read(src_region, src_offset, length, region_views, dst_runs, total)
+            except TransferError:
+                self._release(conn)
+                raise
+            except (BrokenTransportError, ProtocolError) as exc:
+                conn.close()
+                raise TransferError(f"read from {self._name!r} failed: {exc}") from exc
+            except TimeoutError as exc:
+                conn.close()
+                raise TransferError(f"peer {self._name!r} stalled for {self._options.stall_timeout}s") from exc
+            except BaseException:
+                conn.close()
+                raise
+            self._release(conn)
+
+    async def notify(self, message: bytes) -> None:
+        """Deliver one notification and wait for the peer's ack. Cancellation: maybe delivered."""
+        async with self._limiter:
+            try:
+                conn = await self._acquire()
+            except ConnectError as exc:
+                raise TransferError(f"cannot reach peer {self._name!r}: {exc}") from exc
+            try:
+                await conn.notify(message)
+            except (BrokenTransportError, ProtocolError, TimeoutError) as exc:
+                conn.close()
+                raise TransferError(f"notification to {self._name!r} failed: {exc}") from exc
+            except BaseException:
+                conn.close()
+                raise
+            self._release(conn)
+
+    def _release(self, conn: TcpConnection) -> None:
+        if self._closed:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()

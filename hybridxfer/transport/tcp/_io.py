@@ -1,0 +1,168 @@
+"""Non-blocking socket I/O on the event loop, zero-copy in both directions.
+
+Why raw sockets rather than anyio streams: a stream's ``receive()`` returns fresh
+``bytes`` (one extra copy of every payload byte); here the receiver ``recv_into`` /
+``recvmsg_into`` its destination memory and the sender ``sendmsg`` s scatter-gather views
+of registered memory. Each call first *tries* the syscall and only waits for readiness
+on ``EAGAIN``, so a busy stream costs one syscall per kernel buffer's worth of data, not
+an event-loop round trip per chunk. Each wait is bounded by ``stall_timeout``: a peer that
+makes no progress for that long is treated as dead (``TimeoutError``).
+
+Cancellation: any of these may stop part-way; the caller must then treat the socket's
+stream position as unknown and close it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import socket
+from collections.abc import Sequence
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+
+from hybridxfer.errors import BrokenTransportError
+
+__all__ = ["IOV_MAX", "recv_exactly", "recv_into_views", "recv_runs", "send_runs", "send_views"]
+
+Int64Array = npt.NDArray[np.int64]
+
+#: Linux's IOV_MAX; ``sendmsg`` / ``recvmsg_into`` refuse more buffers per call.
+IOV_MAX = 1024
+# Syscalls in a row that found data ready before we yield to the loop anyway (fairness).
+_SPINS_PER_CHECKPOINT = 64
+
+
+async def _wait_readable(sock: socket.socket, stall_timeout: float | None) -> None:
+    if stall_timeout is None:
+        await anyio.wait_readable(sock)
+    else:
+        with anyio.fail_after(stall_timeout):
+            await anyio.wait_readable(sock)
+
+
+async def _wait_writable(sock: socket.socket, stall_timeout: float | None) -> None:
+    if stall_timeout is None:
+        await anyio.wait_writable(sock)
+    else:
+        with anyio.fail_after(stall_timeout):
+            await anyio.wait_writable(sock)
+
+
+async def recv_exactly(sock: socket.socket, size: int, stall_timeout: float | None) -> bytes:
+    """Receive exactly ``size`` bytes (small control frames only: this allocates)."""
+    buf = bytearray(size)
+    await recv_into_views(sock, [memoryview(buf)], stall_timeout)
+    return bytes(buf)
+
+
+def _ends(views: Sequence[memoryview]) -> list[int]:
+    ends, total = [], 0
+    for v in views:
+        total += v.nbytes
+        ends.append(total)
+    return ends
+
+
+async def recv_into_views(
+    sock: socket.socket, views: Sequence[memoryview], stall_timeout: float | None
+) -> None:
+    """Fill ``views`` in order from the socket (scatter receive, no intermediate buffer).
+
+    Raises :class:`BrokenTransportError` if the peer closes before every byte arrived.
+    """
+    ends = _ends(views)
+    total = ends[-1] if ends else 0
+    pos = 0
+    spins = 0
+    while pos < total:
+        if spins >= _SPINS_PER_CHECKPOINT:
+            spins = 0
+            await anyio.lowlevel.checkpoint()
+        spins += 1
+        i = bisect.bisect_right(ends, pos)
+        start = ends[i - 1] if i else 0
+        first = views[i][pos - start :]
+        try:
+            if i + 1 == len(views):
+                n = sock.recv_into(first)
+            else:
+                n = sock.recvmsg_into([first, *views[i + 1 : i + IOV_MAX]])[0]
+        except BlockingIOError:
+            await _wait_readable(sock, stall_timeout)
+            spins = 0
+            continue
+        except OSError as exc:
+            raise BrokenTransportError(f"receive failed: {exc}") from exc
+        if n == 0:
+            raise BrokenTransportError(f"peer closed the connection after {pos} of {total} bytes")
+        pos += n
+    # Even when every byte was already buffered, give other tasks (and cancellation) a turn.
+    await anyio.lowlevel.checkpoint()
+
+
+async def send_views(
+    sock: socket.socket, views: Sequence[memoryview | bytes], stall_timeout: float | None
+) -> None:
+    """Send ``views`` in order with ``sendmsg`` (≤ IOV_MAX buffers a call), partial sends handled."""
+    mvs = [memoryview(v) if isinstance(v, bytes) else v for v in views]
+    ends = _ends(mvs)
+    total = ends[-1] if ends else 0
+    pos = 0
+    spins = 0
+    while pos < total:
+        if spins >= _SPINS_PER_CHECKPOINT:
+            spins = 0
+            await anyio.lowlevel.checkpoint()
+        spins += 1
+        i = bisect.bisect_right(ends, pos)
+        start = ends[i - 1] if i else 0
+        try:
+            n = sock.sendmsg([mvs[i][pos - start :], *mvs[i + 1 : i + IOV_MAX]])
+        except BlockingIOError:
+            await _wait_writable(sock, stall_timeout)
+            spins = 0
+            continue
+        except OSError as exc:
+            raise BrokenTransportError(f"send failed: {exc}") from exc
+        pos += n
+    await anyio.lowlevel.checkpoint()
+
+
+
+def _chunk_views(
+    region_views: Sequence[memoryview], region: list[int], start: list[int], end: list[int], a: int, b: int
+) -> list[memoryview]:
+    return [region_views[r][s:e] for r, s, e in zip(region[a:b], start[a:b], end[a:b], strict=True)]
+
+
+async def send_runs(
+    sock: socket.socket,
+    region_views: Sequence[memoryview],
+    runs: tuple[Int64Array, Int64Array, Int64Array],
+    stall_timeout: float | None,
+) -> None:
+    """Send (region, offset, length) runs of registered memory, building views per chunk.
+
+    Views are made ``IOV_MAX`` at a time, interleaved with the sends, so the receiver is
+    already draining while we slice the next chunk (measured: building 65k views up
+    front cost as much as sending them).
+    """
+    region, offset, length = runs
+    r, s, e = region.tolist(), offset.tolist(), (offset + length).tolist()
+    for a in range(0, len(r), IOV_MAX):
+        await send_views(sock, _chunk_views(region_views, r, s, e, a, a + IOV_MAX), stall_timeout)
+
+
+async def recv_runs(
+    sock: socket.socket,
+    region_views: Sequence[memoryview],
+    runs: tuple[Int64Array, Int64Array, Int64Array],
+    stall_timeout: float | None,
+) -> None:
+    """Receive into (region, offset, length) runs of registered memory, chunk by chunk."""
+    region, offset, length = runs
+    r, s, e = region.tolist(), offset.tolist(), (offset + length).tolist()
+    for a in range(0, len(r), IOV_MAX):
+        await recv_into_views(sock, _chunk_views(region_views, r, s, e, a, a + IOV_MAX), stall_timeout)

@@ -1,0 +1,194 @@
+"""The serving (P) side of the TCP transport: authenticate, check, then scatter-gather send.
+
+Why it is built this way:
+
+* Every connection is its own task with its own deadlines (handshake, frame body, send
+  stall), so a client that connects and goes silent, sends half a frame or stops reading
+  only ever stalls itself. The number of connections is capped.
+* Authentication happens before any request is even parsed: the client must prove it
+  knows the shared secret (HMAC over our fresh nonce, compared in constant time).
+* Every requested range is checked against the registered regions *before* the first byte
+  is sent; one bad row refuses the whole batch (``READ_ERR``), is logged, and the
+  connection stays usable. We never serve memory that was not registered.
+* Data leaves with ``sendmsg`` straight from the registered regions (no copy), with
+  adjacent source ranges merged first.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable, Sequence
+
+import anyio
+import anyio.abc
+import attrs
+
+from hybridxfer.errors import BrokenTransportError, ProtocolError
+from hybridxfer.transport._protocol import MemoryRegion, Notification
+from hybridxfer.transport._ranges import coalesce_runs, find_range_problem
+from hybridxfer.transport.tcp import _wire
+from hybridxfer.transport.tcp._io import recv_exactly, send_runs, send_views
+
+__all__ = ["ServerLimits", "TcpServer", "close_socket", "tune_socket"]
+
+log = logging.getLogger("hybridxfer.transport.tcp.server")
+
+
+@attrs.frozen
+class ServerLimits:
+    """Per-connection deadlines and caps that keep one client from hurting the others."""
+
+    #: Seconds a client has to authenticate after connecting.
+    handshake_timeout: float = 10.0
+    #: Seconds of no progress tolerated inside a frame or while sending a reply.
+    stall_timeout: float = 30.0
+    #: Seconds a connection may sit idle between requests (None: forever).
+    idle_timeout: float | None = None
+    max_connections: int = 256
+
+
+class TcpServer:
+    """Accepts connections on a listening socket and serves reads of registered memory."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        regions: Callable[[], Sequence[tuple[MemoryRegion, memoryview]]],
+        secret: bytes,
+        notifications: anyio.abc.ObjectSendStream[Notification],
+        limits: ServerLimits,
+    ) -> None:
+        self._name = name
+        self._regions = regions
+        self._secret = secret
+        self._notifications = notifications
+        self._limits = limits
+        self._connections: set[socket.socket] = set()
+
+    async def serve(self, listener: socket.socket, task_group: anyio.abc.TaskGroup) -> None:
+        """Accept until cancelled. Cancellation closes every served connection."""
+        try:
+            while True:
+                try:
+                    conn, addr = listener.accept()
+                except BlockingIOError:
+                    await anyio.wait_readable(listener)
+                    continue
+                except OSError as exc:
+                    log.warning("tcp server %s: accept failed: %s", self._name, exc)
+                    await anyio.sleep(0.01)
+                    continue
+                if len(self._connections) >= self._limits.max_connections:
+                    log.warning("tcp server %s: refusing %s, connection limit reached", self._name, addr)
+                    conn.close()
+                    continue
+                conn.setblocking(False)
+                tune_socket(conn)
+                self._connections.add(conn)
+                task_group.start_soon(self._handle, conn, f"{addr[0]}:{addr[1]}")
+        finally:
+            for conn in list(self._connections):
+                close_socket(conn)
+
+    async def _handle(self, conn: socket.socket, where: str) -> None:
+        client = where
+        try:
+            with anyio.fail_after(self._limits.handshake_timeout):
+                client = await self._authenticate(conn, where)
+            if not client:
+                return
+            log.info("tcp server %s: authenticated %s from %s", self._name, client, where)
+            await self._serve_requests(conn, client)
+        except BrokenTransportError as exc:
+            log.debug("tcp server %s: %s disconnected: %s", self._name, client, exc)
+        except ProtocolError as exc:
+            log.warning("tcp server %s: protocol error from %s, closing: %s", self._name, client, exc)
+        except TimeoutError:
+            log.warning("tcp server %s: %s stalled past its deadline, closing", self._name, client)
+        except OSError as exc:
+            log.warning("tcp server %s: connection from %s failed: %s", self._name, client, exc)
+        finally:
+            self._connections.discard(conn)
+            close_socket(conn)
+
+    async def _read_frame(
+        self, conn: socket.socket, idle: float | None
+    ) -> tuple[_wire.FrameType, _wire.Payload]:
+        with anyio.fail_after(math.inf if idle is None else idle):
+            header = await recv_exactly(conn, _wire.HEADER.size, None)
+        frame_type, length = _wire.parse_header(header)
+        payload = await recv_exactly(conn, length, self._limits.stall_timeout) if length else b""
+        return frame_type, _wire.decode_payload(frame_type, payload)
+
+    async def _authenticate(self, conn: socket.socket, where: str) -> str:
+        nonce = os.urandom(_wire.NONCE_BYTES)
+        challenge = _wire.encode_frame(_wire.FrameType.CHALLENGE, nonce + self._name.encode())
+        await send_views(conn, [challenge], self._limits.stall_timeout)
+        frame_type, payload = await self._read_frame(conn, None)
+        if frame_type is not _wire.FrameType.AUTH or not isinstance(payload, _wire.Auth):
+            raise ProtocolError(f"expected AUTH, got {frame_type.name}")
+        expected = _wire.client_mac(self._secret, nonce, payload.nonce, payload.client_name)
+        if not hmac.compare_digest(expected, payload.mac):
+            log.warning("tcp server %s: authentication failed for %s (%r)", self._name, where, payload.client_name)
+            fail = _wire.encode_frame(_wire.FrameType.AUTH_FAIL, b"authentication failed")
+            await send_views(conn, [fail], self._limits.stall_timeout)
+            return ""
+        proof = _wire.server_mac(self._secret, nonce, payload.nonce)
+        await send_views(conn, [_wire.encode_frame(_wire.FrameType.AUTH_OK, proof)], self._limits.stall_timeout)
+        return payload.client_name or where
+
+    async def _serve_requests(self, conn: socket.socket, client: str) -> None:
+        while True:
+            frame_type, payload = await self._read_frame(conn, self._limits.idle_timeout)
+            if frame_type is _wire.FrameType.READ and isinstance(payload, _wire.ReadRequest):
+                await self._serve_read(conn, client, payload)
+            elif frame_type is _wire.FrameType.NOTIFY and isinstance(payload, bytes):
+                await self._notifications.send(Notification(client, payload))
+                ack = _wire.encode_frame(_wire.FrameType.NOTIFY_ACK)
+                await send_views(conn, [ack], self._limits.stall_timeout)
+            else:
+                raise ProtocolError(f"unexpected {frame_type.name} frame from a client")
+
+    async def _serve_read(self, conn: socket.socket, client: str, req: _wire.ReadRequest) -> None:
+        entries = self._regions()
+        problem = find_range_problem(
+            req.src_region, req.src_offset, req.length, [r.length for r, _ in entries]
+        )
+        if problem is not None:
+            log.warning("tcp server %s: refused READ %d from %s, no byte served: %s", self._name, req.seq, client, problem)
+            err = _wire.encode_read_error(req.seq, problem)
+            await send_views(conn, [err], self._limits.stall_timeout)
+            return
+        region, offset, length = coalesce_runs(req.src_region, req.src_offset, req.length)
+        total = int(length.sum()) if len(length) else 0
+        log.debug("tcp server %s: READ %d from %s: %d rows, %d runs, %d bytes", self._name, req.seq, client, len(req.length), len(length), total)
+        await send_views(conn, [_wire.encode_read_ok(req.seq, total)], self._limits.stall_timeout)
+        views = [v for _, v in entries]
+        await send_runs(conn, views, (region, offset, length), self._limits.stall_timeout)
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """Big kernel buffers and no Nagle: measured +30-50 % on loopback (spec 1c)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    except OSError:
+        pass
+
+
+def close_socket(sock: socket.socket) -> None:
+    """Wake any task waiting on the socket, then close it."""
+    if sock.fileno() < 0:
+        return
+    try:
+        anyio.notify_closing(sock)
+    except Exception:  # notify_closing needs a running loop; closing must still happen
+        pass
+    sock.close()
+

@@ -1,0 +1,20 @@
+"""Shared fixtures: where the repository's layout files and the shared model data live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAYOUTS = REPO / "layouts"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,74 @@
+"""Run one (layout, P TP, D TP) pairing through planner + memcpy and compare with the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hybridxfer.layout import Layout, RankLayout
+from hybridxfer.plan import TransferPlan, compile_plan, contiguous_block_tables
+from hybridxfer.testing.oracle import (
+    RankSpec,
+    Request,
+    blank_destination,
+    execute_memcpy,
+    expected_memory,
+    fill_source_memory,
+)
+
+
+def rank_spec(r: RankLayout) -> RankSpec:
+    return RankSpec(r.tp, r.rank, r.num_blocks, r.logical_block_tokens, r.kernel_block_tokens)
+
+
+def blocks_needed(r: RankLayout, tokens: int) -> int:
+    per = -(-tokens // r.logical_block_tokens)
+    from hybridxfer.layout._validate import is_token_spec
+
+    return sum(per if is_token_spec(r.layout.layer_spec(g.layers[0]).kind_name) else 1 for g in r.layout.groups)
+
+
+def check_pairing(
+    src_layout: Layout,
+    dst_layout: Layout,
+    src_tp: int,
+    dst_tp: int,
+    tokens: int,
+    *,
+    src_sizes: tuple[int | None, int | None] = (None, None),
+    dst_sizes: tuple[int | None, int | None] = (None, None),
+    dst_ranks: list[int] | None = None,
+    coalesce: bool = True,
+    spare_blocks: int = 1,
+) -> list[TransferPlan]:
+    """Assert every byte of every D rank equals the oracle's expectation; return the plans."""
+    probe = src_layout.for_rank(src_tp, 0, num_blocks=1, logical_block_tokens=src_sizes[0],
+                                kernel_block_tokens=src_sizes[1])
+    nb_src = blocks_needed(probe, tokens) + spare_blocks
+    src = [src_layout.for_rank(src_tp, r, num_blocks=nb_src, logical_block_tokens=src_sizes[0],
+                               kernel_block_tokens=src_sizes[1]) for r in range(src_tp)]
+    src_blocks = contiguous_block_tables(src[0], tokens)
+    # P holds the request at the *end* of its pool, D at the start: offsets must be right
+    shift = spare_blocks
+    src_blocks = {g: [b + shift for b in ids] for g, ids in src_blocks.items()}
+    src_mems = [fill_source_memory(src_layout, rank_spec(s), Request(src_blocks, tokens)) for s in src]
+    plans = []
+    for d in dst_ranks if dst_ranks is not None else range(dst_tp):
+        probe_d = dst_layout.for_rank(dst_tp, d, num_blocks=1, logical_block_tokens=dst_sizes[0],
+                                      kernel_block_tokens=dst_sizes[1])
+        dst = dst_layout.for_rank(dst_tp, d, num_blocks=blocks_needed(probe_d, tokens) + 2,
+                                  logical_block_tokens=dst_sizes[0], kernel_block_tokens=dst_sizes[1])
+        dst_blocks = contiguous_block_tables(dst, tokens)
+        template = compile_plan(src, dst, coalesce=coalesce)
+        plan = template.bind(src_blocks, dst_blocks, num_tokens=tokens)
+        dst_mem = blank_destination(dst_layout, rank_spec(dst))
+        execute_memcpy(plan, src_mems, dst_mem)
+        expected = expected_memory(dst_layout, rank_spec(dst), Request(dst_blocks, tokens),
+                                   chunk_tokens=template.chunk_tokens)
+        for name in dst.region_names:
+            got, want = dst_mem[name], expected[name]
+            if not np.array_equal(got, want):
+                bad = np.flatnonzero(got != want)
+                raise AssertionError(
+                    f"P{src_tp}->D{dst_tp} rank {d}: region {name!r}: {bad.size} bytes differ, first at {bad[:8]}")
+        plans.append(plan)
+    return plans
