@@ -38,7 +38,8 @@ from hybridxfer.execute._info import (
 )
 from hybridxfer.execute._memory import to_region
 from hybridxfer.execute._stats import AgentStatistics, StatisticsRecorder
-from hybridxfer.plan._plan import TransferPlan
+from hybridxfer.layout import RankLayout
+from hybridxfer.plan import TransferPlan, compile_plan
 from hybridxfer.transport import MemoryRegion, PeerHandle, ReadBatch, Transport
 from hybridxfer.transport.registry import open_transport
 
@@ -98,7 +99,10 @@ class Agent:
         self.role: Role = role
         self.rank, self.tp_size = rank, tp_size
         self.layout = layout
+        if not instance_parameters and isinstance(layout, RankLayout):
+            instance_parameters = layout.to_json().encode()
         self._instance_parameters = instance_parameters
+        self._peer_layouts: dict[str, RankLayout] = {}
         self._regions: dict[str, tuple[MemoryRegion, object]] = {}
         self._stats = StatisticsRecorder()
         self._succeeded: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -203,13 +207,50 @@ class Agent:
         return Peer(remote, handle)
 
     # -- D side ------------------------------------------------------------------------
-    def plan(self, plan: TransferPlan) -> TransferPlan:
-        """Return the plan to prepare. Today this accepts an already-built ``TransferPlan``;
-        compiling from layouts (``hybridxfer.plan.compile_plan(...).bind(...)``) belongs to the
-        planner and will be accepted here once it exists."""
-        if not isinstance(plan, TransferPlan):
-            raise TypeError(f"expected a TransferPlan, got {type(plan).__name__}")
-        return plan
+    def source_layouts(self, peers: Mapping[int, Peer] | Sequence[Peer]) -> tuple[RankLayout, ...]:
+        """The P ranks' resolved layouts, from their hellos (parsed once per digest)."""
+        by_rank = dict(peers) if isinstance(peers, Mapping) else {p.rank: p for p in peers}
+        if not by_rank:
+            raise ConnectError("no peers given")
+        tp = next(iter(by_rank.values())).info.tp_size
+        missing = [r for r in range(tp) if r not in by_rank]
+        if missing:
+            raise ConnectError(f"planning needs every P rank of the TP-{tp} engine; missing ranks {missing}")
+        out = []
+        for r in range(tp):
+            info = by_rank[r].info
+            key = info.layout_digest
+            if key not in self._peer_layouts:
+                if not info.instance_parameters:
+                    raise IncompatibleLayoutsError(f"peer {info.name!r} published no layout to plan against")
+                self._peer_layouts[key] = RankLayout.from_json(info.instance_parameters.decode())
+            out.append(self._peer_layouts[key])
+        return tuple(out)
+
+    def plan(
+        self,
+        peers: Mapping[int, Peer] | Sequence[Peer],
+        *,
+        request_id: str,
+        src_blocks: Mapping[str, Sequence[int]],
+        dst_blocks: Mapping[str, Sequence[int]],
+        num_tokens: int | None = None,
+        coalesce: bool = True,
+    ) -> ExecutablePlan:
+        """Plan one request against connected P ranks; ``await result.execute()`` moves it.
+
+        Compiles (cached per layout pair) and binds the request's block IDs with
+        :func:`hybridxfer.plan.compile_plan`; every check (compatibility, block IDs,
+        overlapping writes) happens here, before any byte moves.
+        """
+        self._check_open()
+        if not isinstance(self.layout, RankLayout):
+            raise IncompatibleLayoutsError(f"agent {self.name!r} has no RankLayout to plan into")
+        template = compile_plan(self.source_layouts(peers), self.layout, coalesce=coalesce)
+        bound = template.bind(src_blocks, dst_blocks, num_tokens=num_tokens)
+        log.info("agent %s planned %s: %d bytes in %d descriptors from P ranks %s", self.name, request_id,
+                 bound.statistics.bytes, bound.statistics.descriptor_count, bound.source_ranks)
+        return self.prepare(bound, peers, request_id)
 
     def prepare(self, plan: TransferPlan, peers: Mapping[int, Peer] | Sequence[Peer],
                 request_id: str) -> ExecutablePlan:

@@ -22,7 +22,7 @@ import attrs
 from hybridxfer.errors import TransferError, TransferTimeout
 from hybridxfer.execute._info import ControlMessage, encode_control
 from hybridxfer.execute._stats import StatisticsRecorder
-from hybridxfer.plan._plan import TransferPlan
+from hybridxfer.plan import TransferPlan
 from hybridxfer.transport import PeerHandle, ReadBatch, Transport
 
 __all__ = ["ExecutablePlan", "TransferResult"]

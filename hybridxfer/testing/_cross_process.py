@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridxfer.errors import IncompatibleLayoutsError, TransferError
-from hybridxfer.plan._plan import PlanStatistics, SourceReads, TransferPlan
+from hybridxfer.plan import PlanStatistics, SourceReads, TransferPlan
+from hybridxfer.testing._hybrid_check import check_full_hybrid_oracle
 from hybridxfer.testing._checks import SENTINEL, ConformanceFailure, expect_bytes
 from hybridxfer.testing._peer_process import StaticLayout, pattern_bytes
 
@@ -225,17 +226,6 @@ async def check_incompatible_peer_refused(transport: str, options: Mapping[str, 
         raise ConformanceFailure("a peer serving another model was not refused")
 
 
-# --- HOOK (lead): full hybrid oracle through the transport between two processes. ---------
-# To be filled with hybridxfer.testing.oracle once it exists: spawn P ranks holding a real
-# hybrid model layout (heterogeneous TP), compile + bind the plan on D, execute through the
-# transport, and compare every destination byte (and every byte that must stay untouched)
-# with the oracle. Register it in CROSS_PROCESS_CHECKS and as a test method in
-# TransportConformanceTests when written; until then it is deliberately not collected
-# (a skipped conformance test would count as failing).
-async def check_full_hybrid_oracle(transport: str, options: Mapping[str, object]) -> None:
-    raise NotImplementedError("hybrid oracle check awaits hybridxfer.testing.oracle (lead)")
-
-
 async def check_peer_killed_before(transport: str, options: Mapping[str, object]) -> None:
     await check_peer_killed(transport, options, kill_at=0.0)
 
@@ -255,4 +245,5 @@ CROSS_PROCESS_CHECKS: dict[str, Callable[[str, Mapping[str, object]], Awaitable[
     "reconnect_after_restart": check_reconnect_after_restart,
     "notified_once_across_processes": check_notified_once_across_processes,
     "incompatible_peer_refused": check_incompatible_peer_refused,
+    "full_hybrid_oracle": check_full_hybrid_oracle,
 }

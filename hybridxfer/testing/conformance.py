@@ -133,5 +133,6 @@ class TransportConformanceTests(InProcessConformanceTests):
     async def test_incompatible_peer_refused(self) -> None:
         await self._run_cross(cross.check_incompatible_peer_refused)
 
-    # HOOK (lead): test_full_hybrid_oracle_between_processes — see
-    # hybridxfer.testing._cross_process.check_full_hybrid_oracle.
+    @pytest.mark.anyio
+    async def test_full_hybrid_oracle_between_processes(self) -> None:
+        await self._run_cross(cross.check_full_hybrid_oracle)

@@ -53,7 +53,7 @@ def _plan(sources: int) -> object:
 async def test_execute_reads_all_sources_and_notifies(kind: str) -> None:
     with anyio.fail_after(30):
         async with cluster(kind) as (ps, d, peers, srcs, dst):
-            result = await d.prepare(d.plan(_plan(2)), peers, "req-1").execute(timeout=10)  # type: ignore[arg-type]
+            result = await d.prepare(_plan(2), peers, "req-1").execute(timeout=10)  # type: ignore[arg-type]
             assert np.array_equal(dst, np.concatenate(srcs))
             assert result.bytes == 2 * SIZE and result.notified_ranks == (0, 1)
             for p in ps:

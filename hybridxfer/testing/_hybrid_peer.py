@@ -1,0 +1,64 @@
+"""A P rank of a hybrid model in its own process, serving a synthetic request.
+
+Run as ``python -m hybridxfer.testing._hybrid_peer --layout FILE --tp P --rank R --tokens N
+--transport NAME [--options JSON]``. It resolves the layout for its rank, fills its
+regions with :func:`~hybridxfer.testing.synthetic.source_memory`, registers them, prints
+``META <hex>``, then ``DONE <request> <peer>`` per completed request, until stdin closes.
+``hybridxfer serve`` and the conformance suite's hybrid check both run this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import anyio
+
+__all__ = ["main", "serve_rank"]
+
+
+async def serve_rank(layout_text: str, *, tp: int, rank: int, tokens: int, transport: str,
+                     options: dict[str, object], name: str, requests: int = 1,
+                     ready: object = None) -> None:
+    from hybridxfer.execute import Agent
+    from hybridxfer.layout import loads_layout
+    from hybridxfer.testing.synthetic import blocks_for, source_memory
+
+    layout = loads_layout(layout_text)
+    rank_layout = layout.for_rank(tp, rank, num_blocks=blocks_for(layout, tp, tokens, requests=requests, rank=rank))
+    memory = source_memory(rank_layout, tokens)
+    async with Agent(name, transport=transport, transport_options=options, role="prefill",
+                     rank=rank, tp_size=tp, layout=rank_layout) as agent:
+        for region in rank_layout.region_names:
+            await agent.register(region, memory[region])
+        print("META", agent.metadata().hex(), flush=True)
+        async with anyio.create_task_group() as tg:
+
+            async def report() -> None:
+                async for done in agent.completed_requests():
+                    print("DONE", done.request_id, done.peer_name, flush=True)
+
+            tg.start_soon(report)
+            await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+            tg.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hybridxfer.testing._hybrid_peer")
+    parser.add_argument("--layout", required=True, help="layout file, or '-' to read TOML from --layout-text")
+    parser.add_argument("--layout-text", default="")
+    parser.add_argument("--tp", type=int, required=True)
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--tokens", type=int, required=True)
+    parser.add_argument("--transport", default="tcp")
+    parser.add_argument("--options", default="{}")
+    parser.add_argument("--name", default="")
+    args = parser.parse_args(argv)
+    text = args.layout_text if args.layout == "-" else open(args.layout, encoding="utf-8").read()
+    anyio.run(lambda: serve_rank(text, tp=args.tp, rank=args.rank, tokens=args.tokens, transport=args.transport,
+                                 options=json.loads(args.options), name=args.name or f"p{args.rank}"))
+
+
+if __name__ == "__main__":
+    main()
