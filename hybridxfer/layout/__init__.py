@@ -22,13 +22,12 @@ from hybridxfer.layout._pieces import TOKEN_AXIS, Piece
 from hybridxfer.layout._sharding import Segment, owned_units
 
 __all__ = [
-    "FORMAT",
-    "KINDS",
-    "TOKEN_AXIS",
     "AttentionSpec",
     "BlockPolicy",
+    "FORMAT",
     "GdnSpec",
     "Group",
+    "KINDS",
     "Layer",
     "LayerSpec",
     "Layout",
@@ -40,6 +39,7 @@ __all__ = [
     "RankLayout",
     "Region",
     "Segment",
+    "TOKEN_AXIS",
     "View",
     "dump_layout",
     "layout_from_dict",

@@ -19,7 +19,7 @@ __all__ = [
     "SourceReads",
     "TransferPlan",
     "bind",
-    "contiguous_block_tables",
     "compile_plan",
+    "contiguous_block_tables",
     "natural_sources",
 ]

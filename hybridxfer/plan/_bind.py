@@ -46,8 +46,8 @@ def bind(
     of range, duplicated, missing, or the two sides' token counts cannot be bridged.
     """
     src0, dst = template.src[0], template.dst
-    src_tab = _tables(src_blocks, src0, "P")
-    dst_tab = _tables(dst_blocks, dst, "D")
+    src_tab = _tables(src_blocks, src0, "P", _windowed(template, 0))
+    dst_tab = _tables(dst_blocks, dst, "D", _windowed(template, 1))
     chunks: dict[tuple[str, str], tuple[Int64Array, ...]] = {}
     states: dict[tuple[str, str], tuple[int, int]] = {}
     used_dst: dict[str, set[int]] = {}
@@ -78,14 +78,28 @@ def bind(
     return _assemble(template, rows, used_dst, dst_tab)
 
 
-def _tables(blocks: BlockTable, layout: RankLayout, side: str) -> dict[str, Int64Array]:
+def _windowed(template: PlanTemplate, side: int) -> set[str]:
+    """Groups (of P when ``side`` is 0, of D when 1) whose layers have a sliding window."""
+    return {(j.src_group, j.dst_group)[side] for j in template.jobs if j.window is not None}
+
+
+def _tables(blocks: BlockTable, layout: RankLayout, side: str, windowed: set[str]) -> dict[str, Int64Array]:
+    """Every given ID is checked, used or not: a bad ID is a bug upstream worth surfacing.
+
+    ``-1`` (a null block) is accepted only in sliding-window groups, for blocks that fell
+    out of the window.
+    """
     groups = {g.name for g in layout.layout.groups}
     unknown = sorted(set(blocks) - groups)
     if unknown:
         raise BlockIdError(f"{side}: unknown KV group(s) {unknown}; the layout has {sorted(groups)}")
     out: dict[str, Int64Array] = {}
     for name, ids in blocks.items():
-        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        try:
+            arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BlockIdError(f"{side} group {name!r}: block IDs must be integers ({exc})") from None
+        _check_ids(arr[arr != -1] if name in windowed else arr, layout, name, side)
         out[name] = arr
     return out
 
@@ -145,13 +159,13 @@ def _token_chunks(
     if window is None:
         _check_ids(s_ids[used_s], src0, key[0], "P")
         _check_ids(d_ids[used_d], dst, key[1], "D")
-        used_dst.setdefault(key[1], set()).update(int(b) for b in d_ids[used_d])
+        used_dst.setdefault(key[1], set()).update(d_ids[used_d].tolist())
     else:
         first = max(0, tokens - window) // g * g
         keep_s, keep_d = np.unique(s_lb[t >= first]), np.unique(d_lb[t >= first])
         _check_ids(s_ids[keep_s], src0, key[0], "P")
         _check_ids(d_ids[keep_d], dst, key[1], "D")
-        used_dst.setdefault(key[1], set()).update(int(b) for b in d_ids[keep_d])
+        used_dst.setdefault(key[1], set()).update(d_ids[keep_d].tolist())
     s_in, d_in = t % bs_s, t % bs_d
     kb_s, kb_d = src0.kernel_block_tokens, dst.kernel_block_tokens
     return (np.array([tokens], dtype=np.int64),

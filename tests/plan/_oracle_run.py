@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from hybridxfer.layout import Layout, RankLayout
@@ -14,6 +16,16 @@ from hybridxfer.testing.oracle import (
     expected_memory,
     fill_source_memory,
 )
+
+
+@functools.lru_cache(maxsize=1)
+def _source_memories(layout: Layout, specs: tuple[RankSpec, ...], tokens: int, shift: int) -> list[dict[str, np.ndarray]]:
+    """P ranks' memories; cached because consecutive cases share the same P side."""
+    first = specs[0]
+    probe = layout.for_rank(first.tp, 0, num_blocks=first.num_blocks, logical_block_tokens=first.logical_block_tokens,
+                            kernel_block_tokens=first.kernel_block_tokens)
+    blocks = {g: [b + shift for b in ids] for g, ids in contiguous_block_tables(probe, tokens).items()}
+    return [fill_source_memory(layout, s, Request(blocks, tokens)) for s in specs]
 
 
 def rank_spec(r: RankLayout) -> RankSpec:
@@ -50,7 +62,7 @@ def check_pairing(
     # P holds the request at the *end* of its pool, D at the start: offsets must be right
     shift = spare_blocks
     src_blocks = {g: [b + shift for b in ids] for g, ids in src_blocks.items()}
-    src_mems = [fill_source_memory(src_layout, rank_spec(s), Request(src_blocks, tokens)) for s in src]
+    src_mems = _source_memories(src_layout, tuple(rank_spec(s) for s in src), tokens, shift)
     plans = []
     for d in dst_ranks if dst_ranks is not None else range(dst_tp):
         probe_d = dst_layout.for_rank(dst_tp, d, num_blocks=1, logical_block_tokens=dst_sizes[0],

@@ -71,6 +71,9 @@ class UcxxPeer:
         self._pending: dict[int, _Waiter] = {}
         self._acks: list[_Waiter] = []
         self.broken: Exception | None = None
+        #: Our (agent name, worker address), kept to say hello again after an abort.
+        self._own: tuple[str, bytes] | None = None
+        self._aborted = False
 
     @property
     def name(self) -> str:
@@ -81,6 +84,7 @@ class UcxxPeer:
         return self._region_names
 
     async def hello(self, agent: str, own_address: bytes) -> None:
+        self._own = (agent, own_address)
         hello = {"agent": agent, "address": own_address.hex(), "tag": self._tag_base, "eh": self._error_handling}
         await self._send(FrameType.HELLO, json.dumps(hello).encode())
 
@@ -120,6 +124,7 @@ class UcxxPeer:
         """Drop the UCX endpoint; its posted receives are cancelled and never write again."""
         endpoint, self._endpoint = self._endpoint, None
         if endpoint is not None:
+            self._aborted = True
             endpoint.abort()
 
     async def _send(self, kind: FrameType, payload: bytes) -> None:
@@ -139,6 +144,11 @@ class UcxxPeer:
         if self.broken is not None:
             raise TransferError(f"peer {self._name!r} is unreachable: {self.broken}") from self.broken
         if self._endpoint is None:
+            if self._aborted and self._own is not None:
+                # P's endpoint to us may still hold sends of the aborted read, queued ahead
+                # of anything new: a fresh hello makes P replace it (failing those sends).
+                await self.hello(*self._own)
+            self._aborted = False
             address = self._ucxx.get_ucx_address_from_buffer(self._worker_address)
             self._endpoint = await self._ucxx.create_endpoint_from_worker_address(
                 address, endpoint_error_handling=self._error_handling

@@ -90,6 +90,8 @@ async def serve_connection(
                     hello = json.loads(payload)
                     agent, tag_base = str(hello["agent"]), int(hello["tag"])
                     address = ucxx.get_ucx_address_from_buffer(bytes.fromhex(hello["address"]))
+                    if endpoint is not None:  # D aborted a read and reconnects: drop its stale sends
+                        endpoint.abort()
                     endpoint = await ucxx.create_endpoint_from_worker_address(
                         address, endpoint_error_handling=bool(hello.get("eh", True))
                     )

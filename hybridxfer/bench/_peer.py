@@ -1,0 +1,170 @@
+"""A P rank for the benchmark, in its own process: hybridxfer agent plus raw servers.
+
+Run as ``python -m hybridxfer.bench._peer --layout FILE --tp P --rank R --blocks N
+--tokens T --transport NAME [--options JSON] [--verify]``. It allocates its regions once
+and serves them both through a hybridxfer ``Agent`` and, on request, through the raw API
+of the same transport — so the raw ceiling reads *the same buffers*. It prints
+``META <hex>`` and ``REGIONS <json>`` (name -> [address, size]), then obeys stdin lines:
+
+- ``RAW socket <descfile>``: serve one TCP connection; each ``G`` byte received sends
+  the descriptor ranges with ``sendmsg`` (<= 1024 iovecs per call). Replies ``RAWREADY <port>``.
+- ``RAW nixl``: a second, raw NIXL agent registers the same arrays. ``RAWREADY <meta hex>``.
+- ``RAW ucxx <descfile> <worker address hex> <tag> <error handling 0|1>``: a worker-address
+  endpoint to D; each ``GO`` line sends the ranges as tag messages. ``RAWREADY``.
+- ``STOP``: end the current raw server.  EOF: exit.
+
+``descfile`` is an ``.npy`` (n, 3) int64 array of (region index, offset, length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import threading
+import time
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["main"]
+
+U8 = npt.NDArray[np.uint8]
+
+
+def _ranges(memory: list[U8], descfile: str) -> list[memoryview]:
+    desc = np.load(descfile)
+    return [memoryview(memory[int(r)][int(o):int(o) + int(n)]) for r, o, n in desc.tolist()]
+
+
+def _send_ranges(conn: socket.socket, views: list[memoryview]) -> None:
+    """sendmsg scatter-gather over the ranges (the fastest raw send measured here)."""
+    pending = list(views)
+    i = 0
+    while i < len(pending):
+        sent = conn.sendmsg(pending[i:i + 1024])
+        while sent and i < len(pending) and sent >= pending[i].nbytes:
+            sent -= pending[i].nbytes
+            i += 1
+        if sent:
+            pending[i] = pending[i][sent:]
+
+
+def _serve_socket(views: list[memoryview], listener: socket.socket, stop: threading.Event) -> None:
+    conn, _ = listener.accept()
+    listener.close()
+    with conn:
+        while not stop.is_set():
+            if conn.recv(1) != b"G":
+                return
+            _send_ranges(conn, views)
+
+
+def _nixl_target(memory: list[U8], stop: threading.Event) -> str:
+    from nixl_cu12._api import nixl_agent, nixl_agent_config  # type: ignore[import-untyped]
+
+    agent = nixl_agent(f"raw-P-{time.monotonic_ns()}", nixl_agent_config(enable_prog_thread=False))
+    rows = np.array([[m.ctypes.data, m.nbytes, 0] for m in memory], dtype=np.uint64)
+    agent.register_memory(rows, "DRAM")
+
+    def progress() -> None:  # the initiator's cma READ needs no target work; wire-up does
+        while not stop.is_set():
+            agent.get_new_notifs()
+            time.sleep(0.002)
+
+    threading.Thread(target=progress, daemon=True).start()
+    return bytes(agent.get_agent_metadata()).hex()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from hybridxfer.execute import Agent
+    from hybridxfer.layout import load_layout
+    from hybridxfer.testing.synthetic import source_memory
+
+    layout = load_layout(args.layout)
+    rl = layout.for_rank(args.tp, args.rank, num_blocks=args.blocks)
+    if args.verify:
+        filled = source_memory(rl, args.tokens)
+        memory = [filled[n] for n in rl.region_names]
+    else:
+        memory = [np.empty(size, dtype=np.uint8) for size in rl.region_sizes]
+        for i, m in enumerate(memory):
+            m.fill(args.rank * 16 + i + 1)  # touch every page before anything is timed
+    async with Agent(f"bench-p{args.rank}", transport=args.transport, transport_options=json.loads(args.options),
+                     role="prefill", rank=args.rank, tp_size=args.tp, layout=rl) as agent:
+        for name, m in zip(rl.region_names, memory, strict=True):
+            await agent.register(name, m)
+        print("META", agent.metadata().hex(), flush=True)
+        print("REGIONS", json.dumps({n: [m.ctypes.data, m.nbytes] for n, m in zip(rl.region_names, memory,
+                                                                                    strict=True)}), flush=True)
+        async with anyio.create_task_group() as tg:
+
+            async def drain() -> None:
+                async for _ in agent.completed_requests():
+                    pass
+
+            tg.start_soon(drain)
+            await _commands(memory)
+            tg.cancel_scope.cancel()
+
+
+async def _commands(memory: list[U8]) -> None:
+    stop = threading.Event()
+    ucxx_views: list[memoryview] = []
+    ucxx_ep: object = None
+    tag = 0
+    while True:
+        line = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        if not line:
+            stop.set()
+            return
+        cmd = line.split()
+        if cmd[:2] == ["RAW", "socket"]:
+            stop = threading.Event()
+            listener = socket.create_server(("127.0.0.1", 0))
+            threading.Thread(target=_serve_socket, args=(_ranges(memory, cmd[2]), listener, stop),
+                             daemon=True).start()
+            print("RAWREADY", listener.getsockname()[1], flush=True)
+        elif cmd[:2] == ["RAW", "nixl"]:
+            stop = threading.Event()
+            print("RAWREADY", _nixl_target(memory, stop), flush=True)
+        elif cmd[:2] == ["RAW", "ucxx"]:
+            from hybridxfer_ucxx._context import ucxx_module  # type: ignore[import-not-found]
+
+            ucxx = ucxx_module()
+            ucxx_views = _ranges(memory, cmd[2])
+            tag = int(cmd[4])
+            ucxx_ep = await ucxx.create_endpoint_from_worker_address(
+                ucxx.get_ucx_address_from_buffer(bytes.fromhex(cmd[3])), endpoint_error_handling=cmd[5] == "1")
+            print("RAWREADY", flush=True)
+        elif cmd == ["GO"] and ucxx_ep is not None:
+            import asyncio
+
+            send = ucxx_ep.send  # type: ignore[attr-defined]
+            await asyncio.gather(*(send(v, tag=tag, force_tag=True) for v in ucxx_views))
+        elif cmd == ["STOP"]:
+            stop.set()
+            if ucxx_ep is not None:
+                ucxx_ep.abort()  # type: ignore[attr-defined]
+                ucxx_ep = None
+            print("STOPPED", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hybridxfer.bench._peer")
+    parser.add_argument("--layout", required=True)
+    parser.add_argument("--tp", type=int, required=True)
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--blocks", type=int, required=True)
+    parser.add_argument("--tokens", type=int, required=True)
+    parser.add_argument("--transport", default="tcp")
+    parser.add_argument("--options", default="{}")
+    parser.add_argument("--verify", action="store_true")
+    args = parser.parse_args(argv)
+    anyio.run(_serve, args)
+
+
+if __name__ == "__main__":
+    main()

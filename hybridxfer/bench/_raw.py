@@ -1,0 +1,101 @@
+"""D side of the raw ceilings: the same byte ranges as a plan, moved with each raw API.
+
+Every function takes the plan's coalesced descriptors for one source rank and D's own
+registered arrays, so the raw path writes exactly where hybridxfer writes. Raw paths
+have no planning, no framing, no notification and no event-loop hops beyond what the
+API itself needs: what is left between them and hybridxfer is hybridxfer's overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hybridxfer.plan import SourceReads
+
+__all__ = ["NixlInitiator", "memcpy_once", "socket_receive", "ucxx_receives"]
+
+U8 = npt.NDArray[np.uint8]
+
+
+def dst_views(reads: SourceReads, memory: Sequence[U8]) -> list[memoryview]:
+    return [memoryview(memory[int(r)][int(o):int(o) + int(n)])
+            for r, o, n in zip(reads.dst_region.tolist(), reads.dst_offset.tolist(), reads.length.tolist(),
+                               strict=True)]
+
+
+def memcpy_once(scratch: U8, reads: Sequence[SourceReads], memory: Sequence[U8]) -> None:
+    """numpy copies of the same destination ranges from one contiguous source."""
+    pos = 0
+    for rd in reads:
+        for r, o, n in zip(rd.dst_region.tolist(), rd.dst_offset.tolist(), rd.length.tolist(), strict=True):
+            np.copyto(memory[r][o:o + n], scratch[pos:pos + n])
+            pos += n
+
+
+def socket_receive(sock: socket.socket, views: list[memoryview]) -> None:
+    """Ask for one transfer (``G``) and ``recv_into`` every range in order (blocking)."""
+    sock.sendall(b"G")
+    for view in views:
+        got, n = 0, view.nbytes
+        while got < n:
+            k = sock.recv_into(view[got:], n - got)
+            if not k:
+                raise ConnectionError("raw socket peer closed")
+            got += k
+
+
+def ucxx_receives(ucxx: Any, views: list[memoryview], tag: int) -> list[Any]:
+    """Post tag receives straight into the ranges (before asking P to send)."""
+    return [ucxx.recv(v, tag=tag) for v in views]
+
+
+class NixlInitiator:
+    """A raw NIXL agent on D's arrays: one prepared READ per source rank, re-posted."""
+
+    def __init__(self, memory: Sequence[U8], name: str) -> None:
+        from nixl_cu12._api import nixl_agent, nixl_agent_config  # type: ignore[import-untyped]
+
+        self._agent: Any = nixl_agent(name, nixl_agent_config(enable_prog_thread=False))
+        self._memory = memory
+        rows = np.array([[m.ctypes.data, m.nbytes, 0] for m in memory], dtype=np.uint64)
+        self._agent.register_memory(rows, "DRAM")
+        self._peers: dict[str, str] = {}
+        self._handles: list[Any] = []
+
+    def prepare(self, meta_hex: str, src_bases: Sequence[int], reads: SourceReads) -> None:
+        peer = self._peers.get(meta_hex)
+        if peer is None:
+            peer = self._agent.add_remote_agent(bytes.fromhex(meta_hex))
+            self._peers[meta_hex] = peer
+        n = len(reads)
+        zeros = np.zeros(n, dtype=np.int64)
+        sbase = np.asarray(src_bases, dtype=np.int64)[reads.src_region]
+        dbase = np.array([m.ctypes.data for m in self._memory], dtype=np.int64)[reads.dst_region]
+        remote = np.stack([sbase + reads.src_offset, reads.length, zeros], 1).astype(np.uint64)
+        local = np.stack([dbase + reads.dst_offset, reads.length, zeros], 1).astype(np.uint64)
+        self._handles.append(self._agent.initialize_xfer(
+            "READ", self._agent.get_xfer_descs(local, "DRAM"), self._agent.get_xfer_descs(remote, "DRAM"), peer))
+
+    def read_all(self) -> None:
+        """Post every prepared READ, then drive progress until all are DONE."""
+        states = [self._agent.transfer(h) for h in self._handles]
+        while any(s == "PROC" for s in states):
+            states = [self._agent.check_xfer_state(h) if s == "PROC" else s
+                      for h, s in zip(self._handles, states, strict=True)]
+        if any(s != "DONE" for s in states):
+            raise RuntimeError(f"raw NIXL READ failed: {states}")
+
+    def release(self) -> None:
+        for h in self._handles:
+            self._agent.release_xfer_handle(h)
+        self._handles.clear()
+
+
+async def gather(futures: list[Any]) -> None:
+    await asyncio.gather(*futures)
