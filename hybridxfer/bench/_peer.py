@@ -36,7 +36,7 @@ U8 = npt.NDArray[np.uint8]
 
 def _ranges(memory: list[U8], descfile: str) -> list[memoryview]:
     desc = np.load(descfile)
-    return [memoryview(memory[int(r)][int(o):int(o) + int(n)]) for r, o, n in desc.tolist()]
+    return [memory[int(r)][int(o):int(o) + int(n)].data for r, o, n in desc.tolist()]
 
 
 def _send_ranges(conn: socket.socket, views: list[memoryview]) -> None:
@@ -63,7 +63,7 @@ def _serve_socket(views: list[memoryview], listener: socket.socket, stop: thread
 
 
 def _nixl_target(memory: list[U8], stop: threading.Event) -> str:
-    from nixl_cu12._api import nixl_agent, nixl_agent_config  # type: ignore[import-untyped]
+    from nixl_cu12._api import nixl_agent, nixl_agent_config
 
     agent = nixl_agent(f"raw-P-{time.monotonic_ns()}", nixl_agent_config(enable_prog_thread=False))
     rows = np.array([[m.ctypes.data, m.nbytes, 0] for m in memory], dtype=np.uint64)
@@ -131,7 +131,7 @@ async def _commands(memory: list[U8]) -> None:
             stop = threading.Event()
             print("RAWREADY", _nixl_target(memory, stop), flush=True)
         elif cmd[:2] == ["RAW", "ucxx"]:
-            from hybridxfer_ucxx._context import ucxx_module  # type: ignore[import-not-found]
+            from hybridxfer_ucxx._context import ucxx_module
 
             ucxx = ucxx_module()
             ucxx_views = _ranges(memory, cmd[2])

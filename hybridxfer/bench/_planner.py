@@ -33,7 +33,7 @@ def plan_rows(plan: TransferPlan) -> npt.NDArray[np.int64]:
 
 def _compile_cold(src: tuple[object, ...], dst: object, coalesce: bool) -> PlanTemplate:
     # bypass the per-pair cache: we measure what the first request of a pair pays
-    return _compile_cached.__wrapped__(src, dst, coalesce)  # type: ignore[attr-defined,no-any-return]
+    return _compile_cached.__wrapped__(src, dst, coalesce)
 
 
 def run_planner_benchmark(layout_path: Path, pairs: list[tuple[int, int]], tokens: int,

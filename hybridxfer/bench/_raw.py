@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ U8 = npt.NDArray[np.uint8]
 
 
 def dst_views(reads: SourceReads, memory: Sequence[U8]) -> list[memoryview]:
-    return [memoryview(memory[int(r)][int(o):int(o) + int(n)])
+    return [memory[int(r)][int(o):int(o) + int(n)].data
             for r, o, n in zip(reads.dst_region.tolist(), reads.dst_offset.tolist(), reads.length.tolist(),
                                strict=True)]
 
@@ -59,9 +60,12 @@ class NixlInitiator:
     """A raw NIXL agent on D's arrays: one prepared READ per source rank, re-posted."""
 
     def __init__(self, memory: Sequence[U8], name: str) -> None:
-        from nixl_cu12._api import nixl_agent, nixl_agent_config  # type: ignore[import-untyped]
+        from nixl_cu12._api import nixl_agent, nixl_agent_config, nixl_thread_sync_t
 
-        self._agent: Any = nixl_agent(name, nixl_agent_config(enable_prog_thread=False))
+        # one thread drives this agent, as in the plugin: no internal locking needed
+        config = nixl_agent_config(enable_prog_thread=False, backends=["UCX"],
+                                   sync_mode=nixl_thread_sync_t.NIXL_THREAD_SYNC_NONE)
+        self._agent: Any = nixl_agent(name, config)
         self._memory = memory
         rows = np.array([[m.ctypes.data, m.nbytes, 0] for m in memory], dtype=np.uint64)
         self._agent.register_memory(rows, "DRAM")
@@ -86,6 +90,7 @@ class NixlInitiator:
         """Post every prepared READ, then drive progress until all are DONE."""
         states = [self._agent.transfer(h) for h in self._handles]
         while any(s == "PROC" for s in states):
+            time.sleep(0)  # hand the GIL over between polls (the event loop thread waits on us)
             states = [self._agent.check_xfer_state(h) if s == "PROC" else s
                       for h, s in zip(self._handles, states, strict=True)]
         if any(s != "DONE" for s in states):

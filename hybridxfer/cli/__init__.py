@@ -55,19 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     _serve.add_parser(sub)
     _pull.add_parser(sub)
     _demo.add_parser(sub)
-    bench = sub.add_parser("bench", help="throughput and planning benchmarks", add_help=False)
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(handler=_bench)
+    sub.add_parser("bench", help="throughput and planning benchmarks (see 'hybridxfer bench --help')",
+                   add_help=False)
     return parser
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench(argv: list[str]) -> int:
     """Delegate to :mod:`hybridxfer.bench` (imported here: it is optional and heavy)."""
     try:
         from hybridxfer import bench
     except ImportError as exc:
         raise UsageError(f"'hybridxfer bench' is not available in this installation: {exc}") from exc
-    return int(bench.main(list(args.rest)))
+    return int(bench.main(argv))
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -75,6 +74,15 @@ def _configure_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("hybridxfer").setLevel(level)
+
+
+def _one_line(exc: HybridXferError) -> str:
+    """A single-problem LayoutError reads as one ``file:line: path: message`` line."""
+    from hybridxfer.errors import LayoutError
+
+    if isinstance(exc, LayoutError) and len(exc.problems) == 1:
+        return str(exc.problems[0])
+    return str(exc)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -89,11 +97,24 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (0 ok, 1 error, 2 usage)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["layout"] and args_list[1:2] == ["from-hf"]:
-        # from-hf owns its parser (and its own --help); pass everything through untouched.
-        from hybridxfer.hf import main_from_hf
+    # `bench` and `layout from-hf` own their parsers (and --help): hand them the rest untouched.
+    lead = 0
+    while lead < len(args_list) and args_list[lead] in ("-v", "-vv", "-vvv", "--verbose"):
+        lead += 1
+    head, rest = args_list[lead:lead + 2], args_list[lead:]
+    if head[:1] == ["bench"] or head == ["layout", "from-hf"]:
+        _configure_logging(sum(a.count("v") if a != "--verbose" else 1 for a in args_list[:lead]))
+        try:
+            if head[:1] == ["bench"]:
+                return _bench(rest[1:])
+            from hybridxfer.hf import main_from_hf
 
-        return main_from_hf(args_list[2:])
+            return main_from_hf(rest[2:])
+        except UsageError as exc:
+            print(f"hybridxfer: error: {exc}", file=sys.stderr)
+            return 2
+        except SystemExit as exc:  # their argparse: --help (0) or usage error (2)
+            return int(exc.code) if isinstance(exc.code, int) else 2
     parser = _parser()
     try:
         args = parser.parse_args(args_list)
@@ -110,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except HybridXferError as exc:
         log.debug("command failed", exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

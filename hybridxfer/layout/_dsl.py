@@ -218,7 +218,7 @@ def _memory_form(data: dict[str, Any], col: _Collector) -> Layout | None:
         if _typed(col, f"{p}.name", item.get("name"), str, "a string") and \
                 _typed(col, f"{p}.slabs", slabs, int, "an integer"):
             regions.append(Region(item["name"], tuple(views), slabs))
-    if col.problems:
+    if col.problems or not isinstance(model, str):
         return None
     return Layout(model=model, specs=tuple(specs.items()), layers=tuple(layers),
                   groups=tuple(groups), regions=tuple(regions), block=block)

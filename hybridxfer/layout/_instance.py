@@ -238,9 +238,12 @@ def _overlaps(ri: int, region: str, spans: list[tuple[int, int, int, str, str]])
     return out
 
 
-def _pairs(items: list[tuple[int, int, int, str, str]]) -> list[tuple[tuple[int, int, int, str, str], ...]]:
+Span = tuple[int, int, int, str, str]
+
+
+def _pairs(items: list[Span]) -> list[tuple[Span, Span]]:
     """Every pair of spans in the same slab that could overlap (sorted sweep)."""
-    out = []
+    out: list[tuple[Span, Span]] = []
     for i, a in enumerate(items):
         for b in items[i + 1:]:
             if b[0] != a[0] or b[1] >= a[2]:

@@ -105,8 +105,9 @@ def _layer_specs(
         if not isinstance(raw, list):
             col.add("model.layers", "must be a list with one entry per model layer")
             return None
-        out = [as_names(v, f"model.layers[{i}]") for i, v in enumerate(raw)]
-        return None if any(o is None for o in out) else [o for o in out if o is not None]
+        found = [as_names(v, f"model.layers[{i}]") for i, v in enumerate(raw)]
+        names = [o for o in found if o is not None]
+        return None if len(names) != len(found) else names
     pattern = model.get("pattern")
     legend = model.get("legend")
     if not isinstance(pattern, str) or not pattern:
@@ -117,10 +118,10 @@ def _layer_specs(
         return None
     meaning: dict[str, list[str]] = {}
     for letter, value in legend.items():
-        names = as_names(value, f"model.legend.{letter}")
-        if names is not None:
-            meaning[letter] = names
-    out = []
+        spec_names = as_names(value, f"model.legend.{letter}")
+        if spec_names is not None:
+            meaning[letter] = spec_names
+    out: list[list[str]] = []
     for i, letter in enumerate(pattern):
         if letter not in meaning:
             if letter not in legend:

@@ -101,12 +101,12 @@ def structural_problems(layout: Layout) -> list[LayoutProblem]:
         spec = layer_spec.get(lay.name)
         if spec is None:
             continue
-        for piece in spec.pieces(1, 1):
-            n = placed[(lay.name, piece.name)]
+        for placed_piece in spec.pieces(1, 1):
+            n = placed[(lay.name, placed_piece.name)]
             if n == 0:
-                bad("regions", f"piece {piece.name!r} of layer {lay.name!r} is in no region")
+                bad("regions", f"piece {placed_piece.name!r} of layer {lay.name!r} is in no region")
             elif n > 1:
-                bad("regions", f"piece {piece.name!r} of layer {lay.name!r} is placed {n} times")
+                bad("regions", f"piece {placed_piece.name!r} of layer {lay.name!r} is placed {n} times")
 
     b = layout.block
     if b.logical != "equalise" and (not isinstance(b.logical, int) or b.logical < 1):

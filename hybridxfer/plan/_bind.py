@@ -173,8 +173,9 @@ def _token_chunks(
 
 
 def _group_window(template: PlanTemplate, key: tuple[str, str]) -> int | None:
-    windows = {j.window for j in template.jobs if (j.src_group, j.dst_group) == key}
-    return max(windows) if None not in windows and windows else None
+    windows = [j.window for j in template.jobs if (j.src_group, j.dst_group) == key]
+    known = [w for w in windows if w is not None]
+    return max(known) if known and len(known) == len(windows) else None
 
 
 def _state_blocks(

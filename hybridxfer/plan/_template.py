@@ -10,13 +10,16 @@ pair, so an engine pays compile once per peer set.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import attrs
+import numpy as np
+import numpy.typing as npt
 
 from hybridxfer.errors import IncompatibleLayoutsError
 from hybridxfer.layout import TOKEN_AXIS, PlacedPiece, RankLayout
+from hybridxfer.plan._plan import TransferPlan
 from hybridxfer.plan._runs import AxisSpan, Runs, box_runs, concat_runs
 from hybridxfer.plan._sources import natural_sources, shard_intervals
 
@@ -71,11 +74,17 @@ class PlanTemplate:
     def source_ranks(self) -> tuple[int, ...]:
         return tuple(sorted({j.src_rank for j in self.jobs}))
 
-    def bind(self, src_blocks: object, dst_blocks: object, *, num_tokens: int | None = None) -> object:
+    def bind(
+        self,
+        src_blocks: Mapping[str, Sequence[int] | npt.NDArray[np.int64]],
+        dst_blocks: Mapping[str, Sequence[int] | npt.NDArray[np.int64]],
+        *,
+        num_tokens: int | None = None,
+    ) -> TransferPlan:
         """Bind a request's block IDs: see :func:`hybridxfer.plan.bind`."""
         from hybridxfer.plan._bind import bind
 
-        return bind(self, src_blocks, dst_blocks, num_tokens=num_tokens)  # type: ignore[arg-type]
+        return bind(self, src_blocks, dst_blocks, num_tokens=num_tokens)
 
 
 def compile_plan(src: Sequence[RankLayout], dst: RankLayout, *, coalesce: bool = True) -> PlanTemplate:

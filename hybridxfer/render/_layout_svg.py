@@ -18,7 +18,7 @@ WIDTH, MARGIN, LABEL_W, ROW_H = 1160.0, 24.0, 150.0, 24.0
 def layout_svg(r: RankLayout) -> str:
     """SVG of every region of rank layout ``r`` and the views over one of its pages."""
     rows = sum(1 + len({p.layer for p in r.placements if p.region == name}) for name in r.region_names)
-    c = Canvas(WIDTH, 110 + rows * (ROW_H + 6) + len(r.region_names) * 14 + 30)
+    c = Canvas(WIDTH, 76 + rows * (ROW_H + 6) - len(r.region_names) * 8 + len(r.region_names) * 10 + 30)
     c.text(MARGIN, 30, f"{r.layout.model}: rank {r.rank} of TP {r.tp}", size=18, weight="bold")
     c.text(MARGIN, 52, f"logical block {r.logical_block_tokens} tokens, kernel block {r.kernel_block_tokens} tokens; "
                        f"{len(r.region_names)} regions; one page of each, with every view over it", size=12, fill="#444")

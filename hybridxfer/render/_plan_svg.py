@@ -95,7 +95,7 @@ def _panel(c: Canvas, y: float, plan: TransferPlan, src: Sequence[RankLayout], d
         scale = PageScale(parts, x0, width)
         p_scales[key] = (scale, parts)
         page = rank_layout.region_page_bytes[rank_layout.region_index(key[1])]
-        c.text(x0, y + 12, f"P rank {key[0]}/{rank_layout.tp}", size=12, weight="bold")
+        c.text(x0, y + 12, f"P rank {key[0]}/{rank_layout.tp}, block {key[2]}", size=12, weight="bold")
         c.text(x0 + width, y + 12, f"page {page:,} B", size=11, anchor="end", fill="#555")
         draw_parts(c, parts, scale, y + 18, BAR_H)
         _dim_outside(c, scale, page, [(r.src_in_page, r.src_in_page + r.length) for r in ranges
@@ -112,13 +112,13 @@ def _panel(c: Canvas, y: float, plan: TransferPlan, src: Sequence[RankLayout], d
         c.polygon([(scale(r.src_in_page), p_bottom), (scale(r.src_in_page + r.length), p_bottom),
                    (d_scale(r.dst_in_page + r.length), d_top), (d_scale(r.dst_in_page), d_top)], fill, 0.32)
     moved = sum(r.length for r in ranges)
-    note = f"{len(ranges)} ranges, {moved:,} B into this page"
+    note = f"{len(ranges)} range{'s' if len(ranges) != 1 else ''}, {moved:,} B into this page"
     if len(drawn) < len(ranges):
         note += f" (first {len(drawn)} drawn)"
     c.text(WIDTH / 2, p_bottom + GAP / 2 + 4, note, size=11, anchor="middle", fill="#333")
     draw_parts(c, d_parts, d_scale, d_top, BAR_H)
     _dim_outside(c, d_scale, d_page, [(r.dst_in_page, r.dst_in_page + r.length) for r in ranges], d_top)
-    c.text(MARGIN, d_top + BAR_H + 16, f"D rank {plan.dst_rank}/{dst.tp}", size=12, weight="bold")
+    c.text(MARGIN, d_top + BAR_H + 16, f"D rank {plan.dst_rank}/{dst.tp}, block {block}", size=12, weight="bold")
     c.text(WIDTH - MARGIN, d_top + BAR_H + 16, f"page {d_page:,} B", size=11, anchor="end", fill="#555")
     return d_top + BAR_H + 40
 

@@ -97,7 +97,7 @@ def page_parts(r: RankLayout, region: str, layer: str) -> list[Part]:
 class PageScale:
     """Byte offset in a page -> x, piecewise linear over parts with a minimum width each."""
 
-    def __init__(self, parts: Sequence[Part], x0: float, width: float, min_width: float = 34.0) -> None:
+    def __init__(self, parts: Sequence[Part], x0: float, width: float, min_width: float = 40.0) -> None:
         total = sum(p.size for p in parts) or 1
         floor = min(min_width, width / max(1, len(parts)))
         widths = [max(floor, width * p.size / total) for p in parts]
@@ -165,9 +165,10 @@ def draw_parts(c: Canvas, parts: Sequence[Part], scale: PageScale, y: float, h: 
         x0, x1 = scale(p.start), scale(p.end)
         fill = "url(#pad)" if p.key == "padding" else colour(p.key)
         c.rect(x0, y, x1 - x0, h, fill, stroke="#ffffff", extra='stroke-width="1"')
-        if text_fits(p.label, x1 - x0):
+        label = p.label if text_fits(p.label, x1 - x0) else p.label.split(" ")[-1]
+        if text_fits(label, x1 - x0):
             dark = p.key in ("padding", "V") or p.key.startswith("head:") and colour(p.key) == "#9ecae9"
-            c.text((x0 + x1) / 2, y + h / 2 + 4, p.label, size=11, anchor="middle",
+            c.text((x0 + x1) / 2, y + h / 2 + 4, label, size=11, anchor="middle",
                    fill="#333" if dark else "#ffffff")
     if parts:
         c.rect(scale(parts[0].start), y, scale(parts[-1].end) - scale(parts[0].start), h, "none",

@@ -25,6 +25,7 @@ import pytest
 
 from hybridxfer.testing import _checks as checks
 from hybridxfer.testing import _cross_process as cross
+from hybridxfer.testing._hybrid_check import check_full_hybrid_oracle
 from hybridxfer.transport import Transport
 from hybridxfer.transport.registry import open_transport
 
@@ -135,4 +136,4 @@ class TransportConformanceTests(InProcessConformanceTests):
 
     @pytest.mark.anyio
     async def test_full_hybrid_oracle_between_processes(self) -> None:
-        await self._run_cross(cross.check_full_hybrid_oracle)
+        await self._run_cross(check_full_hybrid_oracle)

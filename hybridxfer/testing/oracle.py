@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -90,24 +91,24 @@ def _channels(segments: Sequence[tuple[int, int]], tp: int, rank: int) -> npt.ND
 
 # -- per-kind geometry -----------------------------------------------------------------------------
 
-def _spec_info(spec: object) -> dict[str, object]:
+def _spec_info(spec: Any) -> dict[str, Any]:
     return {f.name: getattr(spec, f.name) for f in attrs.fields(type(spec))}
 
 
-def _state_arrays(kind: str, s: dict[str, object], tp: int, rank: int, layer_salt: int) -> list[tuple[str, U8]]:
+def _state_arrays(kind: str, s: dict[str, Any], tp: int, rank: int, layer_salt: int) -> list[tuple[str, U8]]:
     """Each state piece's bytes on this rank (C order of its memory layout)."""
-    rows = int(s["conv_kernel"]) - 1 + int(s.get("num_spec", 0) or 0)  # type: ignore[call-overload]
+    rows = int(s["conv_kernel"]) - 1 + int(s.get("num_spec", 0) or 0)
     if kind == "mamba2":
-        h, hd, g, ds = (int(s[k]) for k in ("num_heads", "head_dim", "n_groups", "d_state"))  # type: ignore[call-overload]
+        h, hd, g, ds = (int(s[k]) for k in ("num_heads", "head_dim", "n_groups", "d_state"))
         conv_ch = _channels([(h, hd), (g, ds), (g, ds)], tp, rank)
         heads = np.array(_held(h, tp, rank), dtype=np.int64)
         ssm_coords = np.ix_(heads, np.arange(hd), np.arange(ds))
     elif kind == "mamba1":
-        di, ds = int(s["d_inner"]), int(s["d_state"])  # type: ignore[call-overload]
+        di, ds = int(s["d_inner"]), int(s["d_state"])
         conv_ch = _channels([(di, 1)], tp, rank)
         ssm_coords = np.ix_(conv_ch, np.arange(ds))
     else:  # gdn
-        kh, kd, vh, vd = (int(s[k]) for k in ("k_heads", "k_dim", "v_heads", "v_dim"))  # type: ignore[call-overload]
+        kh, kd, vh, vd = (int(s[k]) for k in ("k_heads", "k_dim", "v_heads", "v_dim"))
         conv_ch = _channels([(kh, kd), (kh, kd), (vh, vd)], tp, rank)
         heads = np.array(_held(vh, tp, rank), dtype=np.int64)
         ssm_coords = np.ix_(heads, np.arange(vd), np.arange(kd))
@@ -120,14 +121,14 @@ def _state_arrays(kind: str, s: dict[str, object], tp: int, rank: int, layer_sal
     return [("conv", conv.reshape(-1)), ("ssm", ssm.reshape(-1))]
 
 
-def _token_block(kind: str, s: dict[str, object], tp: int, rank: int, tokens: npt.NDArray[np.int64],
+def _token_block(kind: str, s: dict[str, Any], tp: int, rank: int, tokens: npt.NDArray[np.int64],
                  layer_salt: int) -> list[tuple[str, U8]]:
     """Bytes of each token piece for one kernel block whose slots hold global ``tokens``."""
     if kind == "mla":
         size = DTYPE_SIZES[str(s["dtype"])]
-        t, d = np.ix_(tokens, np.arange(int(s["latent_dim"])))  # type: ignore[call-overload]
+        t, d = np.ix_(tokens, np.arange(int(s["latent_dim"])))
         return [("latent", _values(layer_salt * 4 + 3, [t, d], size).reshape(-1))]
-    k_heads, hd = int(s["num_kv_heads"]), int(s["head_dim"])  # type: ignore[call-overload]
+    k_heads, hd = int(s["num_kv_heads"]), int(s["head_dim"])
     size = DTYPE_SIZES[str(s["dtype"])]
     heads = np.array(_held(k_heads, tp, rank), dtype=np.int64)
     kv, h, t, d = np.ix_(np.arange(2), heads, tokens, np.arange(hd))
@@ -147,7 +148,10 @@ def _piece_sizes(layout: Layout, layer: str, rs: RankSpec) -> dict[str, int]:
     """Bytes of each piece per block (token pieces: per logical block), from the formulas."""
     spec = layout.layer_spec(layer)
     kind, s = spec.kind_name, _spec_info(spec)
-    n = lambda k: int(s[k])  # type: ignore[call-overload]  # noqa: E731
+
+    def n(key: str) -> int:
+        return int(s[key])
+
     if kind in _TOKEN_KINDS:
         ratio = rs.logical_block_tokens // rs.kernel_block_tokens
         kbs = rs.kernel_block_tokens
@@ -157,7 +161,7 @@ def _piece_sizes(layout: Layout, layer: str, rs: RankSpec) -> dict[str, int]:
         if s["kv"] == "separate":
             return {"k": half * ratio, "v": half * ratio}
         return {"kv": 2 * half * ratio}
-    rows = n("conv_kernel") - 1 + int(s.get("num_spec", 0) or 0)  # type: ignore[call-overload]
+    rows = n("conv_kernel") - 1 + int(s.get("num_spec", 0) or 0)
     c, z = DTYPE_SIZES[str(s["conv_dtype"])], DTYPE_SIZES[str(s["ssm_dtype"])]
     if kind == "mamba2":
         ch = _channels([(n("num_heads"), n("head_dim")), (n("n_groups"), n("d_state")),
@@ -233,9 +237,8 @@ def _write(layout: Layout, rs: RankSpec, mem: dict[str, U8], req: Request, token
                         per_tok = arr.reshape(_token_shape(s, kind, name, rs, kbs))
                         cur = mem[region][off:off + arr.size].reshape(per_tok.shape)
                         tok_axis = _token_axis(s, kind)
-                        sel = [slice(None)] * per_tok.ndim
-                        sel[tok_axis] = keep  # type: ignore[call-overload]
-                        cur[tuple(sel)] = per_tok[tuple(sel)]
+                        moved_cur = np.moveaxis(cur, tok_axis, 0)
+                        moved_cur[keep] = np.moveaxis(per_tok, tok_axis, 0)[keep]
         else:
             block = blocks[-1]
             for name, arr in _state_arrays(kind, s, rs.tp, rs.rank, salts[lay.name]):
@@ -244,7 +247,7 @@ def _write(layout: Layout, rs: RankSpec, mem: dict[str, U8], req: Request, token
                 mem[region][off:off + arr.size] = arr
 
 
-def _token_axis(s: dict[str, object], kind: str) -> int:
+def _token_axis(s: dict[str, Any], kind: str) -> int:
     if kind == "mla":
         return 0
     order = ("head", "token") if s["order"] == "HND" else ("token", "head")
@@ -255,10 +258,10 @@ def _token_axis(s: dict[str, object], kind: str) -> int:
     return order.index("token")
 
 
-def _token_shape(s: dict[str, object], kind: str, name: str, rs: RankSpec, kbs: int) -> tuple[int, ...]:
+def _token_shape(s: dict[str, Any], kind: str, name: str, rs: RankSpec, kbs: int) -> tuple[int, ...]:
     if kind == "mla":
         return (kbs, -1)
-    heads = len(_held(int(s["num_kv_heads"]), rs.tp, rs.rank))  # type: ignore[call-overload]
+    heads = len(_held(int(s["num_kv_heads"]), rs.tp, rs.rank))
     order = (heads, kbs) if s["order"] == "HND" else (kbs, heads)
     if s["kv"] == "separate":
         return (*order, -1)

@@ -84,7 +84,7 @@ async def wait_settled(baseline: ResourceSnapshot, *, timeout: float = 5.0, fds:
     deadline = anyio.current_time() + timeout
     while True:
         now = resource_snapshot()
-        grew = [g for g in now.grew_beyond(baseline, fds=fds, rss_bytes=1 << 62)]
+        grew = now.grew_beyond(baseline, fds=fds, rss_bytes=1 << 62)
         if not grew or anyio.current_time() >= deadline:
             return now
         await anyio.sleep(0.05)

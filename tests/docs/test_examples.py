@@ -83,7 +83,7 @@ def test_example_scripts_run(script: Path, in_repo_root: None) -> None:
 def test_engine_loop_reports_the_failed_request(in_repo_root: None, capsys: pytest.CaptureFixture[str]) -> None:
     namespace = runpy.run_path(str(DOCS / "examples" / "engine_loop.py"))
     for backend in ("asyncio", "trio"):
-        outcome = anyio.run(namespace["main"], backend=backend)  # type: ignore[arg-type]
+        outcome = anyio.run(namespace["main"], backend=backend)
         assert outcome == {"req-1": "received", "req-2": "recompute (transfer)"}
     out = capsys.readouterr().out
     assert "req-2: FAILED (transfer" in out and "verified: every byte" in out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import numpy as np
@@ -76,7 +76,7 @@ async def _healthy_transfer(d: Agent, peer: Peer, proc: PeerProcess, dst: np.nda
     assert await proc.next_done(DEADLINE) == request_id
 
 
-async def _until_written(dst: np.ndarray, fraction: float, done: list[object]) -> None:
+async def _until_written(dst: np.ndarray, fraction: float, done: Sequence[object]) -> None:
     """Return once the destination byte at ``fraction`` arrived (or the transfer ended)."""
     watch = min(SIZE - 64, int(SIZE * fraction))
     while not done and (dst[watch : watch + 64] == SENTINEL).all():

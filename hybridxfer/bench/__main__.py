@@ -1,0 +1,9 @@
+"""``python -m hybridxfer.bench``: same as ``hybridxfer bench``."""
+
+from __future__ import annotations
+
+import sys
+
+from hybridxfer.bench import main
+
+sys.exit(main())

@@ -1,0 +1,112 @@
+"""``hybridxfer bench``: the command line over the harness.
+
+Modes: default (full matrix from issue 7), ``--quick`` (CI smoke: tiny requests, one
+layout, asserts nothing about time; verifies every byte of the largest request), and
+filters (``--transports``, ``--layouts``, ``--pairs``, ``--tokens``) to run a slice.
+``--json`` prints ``{"cases": [...], "planner": [...]}``; otherwise Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import anyio
+
+from hybridxfer.bench._e2e import Group, run_group
+from hybridxfer.bench._planner import run_planner_benchmark
+from hybridxfer.bench._report import case_table, planner_table, svg_chart
+from hybridxfer.bench._results import CaseResult, PlannerResult
+
+__all__ = ["main"]
+
+_LAYOUT_DIR = Path(__file__).resolve().parents[2] / "layouts"
+FULL_LAYOUTS = ("nemotron-3-nano-30b-a3b", "qwen3-next-80b-a3b")
+FULL_PAIRS = ((1, 1), (1, 4), (4, 2))
+FULL_TOKENS = (4096, 32768, 131072)
+
+
+def _pairs(text: str) -> tuple[tuple[int, int], ...]:
+    out = []
+    for item in text.split(","):
+        p, d = item.lower().replace("p", "").split("d")
+        out.append((int(p.rstrip(":-")), int(d)))
+    return tuple(out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hybridxfer bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="CI smoke run: tiny sizes, < 60 s")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ap.add_argument("--transports", default="tcp,nixl,ucxx")
+    ap.add_argument("--layouts", default=",".join(FULL_LAYOUTS), help="names in layouts/ or paths")
+    ap.add_argument("--pairs", default="P1D1,P1D4,P4D2", help="e.g. P1D1,P4D2")
+    ap.add_argument("--tokens", default=",".join(map(str, FULL_TOKENS)))
+    ap.add_argument("--concurrent", default="32x1024", help="REQUESTSxTOKENS at P1->D1, or 'none'")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--verify", action="store_true", help="fill with oracle data and check every byte")
+    ap.add_argument("--no-planner", action="store_true", help="skip the planner benchmark")
+    ap.add_argument("--no-e2e", action="store_true", help="skip transfers (planner benchmark only)")
+    ap.add_argument("--ucxx-error-handling", choices=("on", "off"), default="on",
+                    help="endpoint_error_handling for the ucxx plugin and its raw ceiling")
+    ap.add_argument("--svg", type=Path, help="write the throughput plot here")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    return ap
+
+
+def _layout_path(name: str) -> Path:
+    path = Path(name)
+    return path if path.suffix == ".toml" else _LAYOUT_DIR / f"{name}.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.quick:
+        args.layouts, args.pairs, args.tokens = "nemotron-3-nano-30b-a3b", "P1D1,P1D2", "512"
+        args.concurrent, args.verify, args.repeats = "4x512", True, 5
+    layouts = [_layout_path(n) for n in args.layouts.split(",") if n]
+    pairs = _pairs(args.pairs)
+    tokens = tuple(int(t) for t in args.tokens.split(","))
+    conc = None if args.concurrent == "none" else tuple(int(v) for v in args.concurrent.lower().split("x"))
+    planner: list[PlannerResult] = []
+    if not args.no_planner:
+        nemotron = _layout_path("nemotron-3-nano-30b-a3b")
+        planner = run_planner_benchmark(nemotron, [(1, 4), (4, 2)], 2048 if args.quick else 131072, args.repeats)
+        if not args.json:
+            print(planner_table(planner), "\n", flush=True)
+    cases: list[CaseResult] = []
+
+    def report(result: CaseResult) -> None:
+        cases.append(result)
+        if not args.json:
+            print(case_table([result]).splitlines()[-1], flush=True)
+
+    if not args.no_e2e:
+        if not args.json:
+            print("\n".join(case_table([]).splitlines()[:2]), flush=True)
+        for transport in args.transports.split(","):
+            options: tuple[tuple[str, object], ...] = ()
+            if transport == "ucxx":
+                options = (("endpoint_error_handling", args.ucxx_error_handling == "on"),)
+            for layout in layouts:
+                for src_tp in sorted({p for p, _ in pairs}):
+                    group = Group(
+                        transport=transport, layout_path=layout, src_tp=src_tp,
+                        cases=tuple((d, t) for p, d in pairs if p == src_tp for t in tokens),
+                        concurrent=(1, conc[0], conc[1]) if conc and src_tp == 1 and layout == layouts[0] else None,
+                        repeats=args.repeats, verify=args.verify, options=options)
+                    anyio.run(run_group, group, report)
+    doc = {"cases": [c.to_json() for c in cases], "planner": [p.to_json() for p in planner]}
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(doc, indent=1))
+    if args.svg:
+        args.svg.write_text(svg_chart(cases))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
