@@ -62,6 +62,11 @@ def bind(
                 first = int(max(0, int(tokens[0]) - job.window) // template.chunk_tokens)
                 s_blk, s_sub, s_tok = s_blk[first:], s_sub[first:], s_tok[first:]
                 d_blk, d_sub, d_tok = d_blk[first:], d_sub[first:], d_tok[first:]
+            if job.spread[1] > 1:
+                i, n = job.spread
+                lo, hi = s_blk.shape[0] * i // n, s_blk.shape[0] * (i + 1) // n
+                s_blk, s_sub, s_tok = s_blk[lo:hi], s_sub[lo:hi], s_tok[lo:hi]
+                d_blk, d_sub, d_tok = d_blk[lo:hi], d_sub[lo:hi], d_tok[lo:hi]
             sp, dp = job.src, job.dst
             s_tok_stride = sp.piece.strides()[sp.piece.axes.index("token")]
             d_tok_stride = dp.piece.strides()[dp.piece.axes.index("token")]

@@ -45,6 +45,9 @@ class Job:
     dst: PlacedPiece
     runs: Runs
     window: int | None
+    #: ``(i, n)``: this job moves the i-th of n equal, contiguous shares of the token chunks
+    #: (a replicated piece held by n source ranks is read from all of them, for bandwidth)
+    spread: tuple[int, int] = (0, 1)
 
     @property
     def has_tokens(self) -> bool:
@@ -110,9 +113,11 @@ def _compile_cached(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool
                 if src_pp.layer != dst_pp.layer or src_pp.piece.tensor != dst_pp.piece.tensor:
                     continue
                 for p_rank, runs in _pair_runs(src_pp, src_tp, dst_pp, dst_tp, dst.rank, chunk, coalesce).items():
-                    if p_rank != rank or not len(runs):
+                    spread = _spread(src_pp, src_tp, dst_tp, dst.rank, rank)
+                    if (p_rank != rank and spread is None) or not len(runs):
                         continue
-                    covered += runs.nbytes
+                    if spread is None or spread[0] == 0:
+                        covered += runs.nbytes
                     spec = dst.layout.layer_spec(dst_pp.layer)
                     jobs.append(Job(
                         src_rank=rank, layer=dst_pp.layer, kind=dst_pp.kind,
@@ -120,6 +125,7 @@ def _compile_cached(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool
                         src_region=s_layout.region_index(src_pp.region),
                         dst_region=dst.region_index(dst_pp.region),
                         src=src_pp, dst=dst_pp, runs=runs, window=spec.sliding_window,
+                        spread=spread or (0, 1),
                     ))
         piece = dst_pp.piece
         expected = piece.nbytes * chunk // dst.kernel_block_tokens if piece.has_tokens else piece.nbytes
@@ -207,6 +213,21 @@ def _pair_runs(
                           s_str, d_str, dp.axes, dp.itemsize) for iv in intervals]
         out[rank] = concat_runs(parts, coalesce)
     return out
+
+
+def _spread(src_pp: PlacedPiece, src_tp: int, dst_tp: int, dst_rank: int, rank: int) -> tuple[int, int] | None:
+    """Replicated token pieces (MLA latents) come from every natural source, in shares.
+
+    When P has more ranks than D, the ``q`` P ranks that D rank ``d`` reads from all hold
+    the same latent; reading the i-th contiguous share of the tokens from the i-th of them
+    spreads one request over ``q`` sources (and keeps each share coalescable).
+    """
+    if src_pp.piece.sharded_axis is not None or not src_pp.piece.has_tokens:
+        return None
+    natural = natural_sources(src_tp, dst_tp, dst_rank)
+    if len(natural) < 2 or rank not in natural:
+        return None
+    return (natural.index(rank), len(natural))
 
 
 def _aliasing_groups(dst: RankLayout) -> tuple[tuple[str, str], ...]:

@@ -72,7 +72,7 @@ def test_metadata_channel_checks_the_secret() -> None:
         ranks = [RankMetadata(0, 1, b"blob")]
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with anyio.create_task_group() as tg:
+        async with listener, anyio.create_task_group() as tg:
             tg.start_soon(serve_metadata, listener, ranks, b"s3cret")
             assert await fetch_metadata(Endpoint("127.0.0.1", port), b"s3cret") == ranks
             with pytest.raises(AuthenticationError):
