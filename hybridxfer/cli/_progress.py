@@ -78,7 +78,7 @@ class CountingTransport:
 
 
 class ProgressBar:
-    """``[#####-----]  45%  transferring 23.1/50.3 MiB  1.2 s`` redrawn in place on a TTY."""
+    """``[#####-----]  45%  transferring 23.1/50.3 MB  1.2 s`` redrawn in place on a TTY."""
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None, width: int = 28) -> None:
         self._stream = stream or sys.stderr
@@ -98,7 +98,7 @@ class ProgressBar:
         frac = min(1.0, done / total) if total > 0 else 0.0
         filled = int(frac * self._width)
         bar = "#" * filled + "-" * (self._width - filled)
-        amount = f"{done / 2**20:.1f}/{total / 2**20:.1f} MiB" if total else ""
+        amount = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if total else ""
         line = f"[{bar}] {frac * 100:3.0f}%  {phase:<13} {amount:<22} {now - self._started:5.1f} s"
         self._stream.write("\r" + line)
         self._stream.flush()
