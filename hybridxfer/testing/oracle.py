@@ -59,15 +59,28 @@ def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         return x ^ (x >> np.uint64(31))
 
 
+_WIDTH = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def _values(salt: int, coords: Sequence[npt.NDArray[np.int64]], itemsize: int) -> U8:
-    """Bytes of each element (last axis = itemsize) from its global coordinates."""
-    acc = np.full(np.broadcast_shapes(*(c.shape for c in coords)), salt, dtype=np.uint64)
+    """Bytes of each element (last axis = itemsize) from its global coordinates.
+
+    The outer coordinates are hashed (splitmix64); the innermost one is added with an odd
+    multiplier in the element's own width, so neighbours differ and the hash runs once
+    per row rather than once per element.
+    """
+    *outer, inner = coords
+    shape = np.broadcast_shapes(*(c.shape for c in coords))
+    acc = np.full(np.broadcast_shapes(*(c.shape for c in outer)) if outer else (), salt, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for c in coords:  # an injective mix of bounded coordinates, then one avalanche
+        for c in outer:  # an injective mix of bounded coordinates, then one avalanche
             acc = acc * np.uint64(0x100000001B3) + c.astype(np.uint64)
-    acc = _mix(acc)
-    raw = acc.astype("<u8").view(np.uint8).reshape(*acc.shape, 8)
-    return np.ascontiguousarray(raw[..., :itemsize])
+        acc = _mix(acc)
+        width = _WIDTH[itemsize]
+        step = width(0x9E3779B97F4A7C15 & (2 ** (8 * itemsize) - 1) | 1)
+        vals = acc.astype(width) + inner.astype(width) * step
+    full = np.ascontiguousarray(np.broadcast_to(vals, shape))
+    return full.view(np.uint8).reshape(*shape, itemsize)
 
 
 # -- sharding (the engines' rules, restated) --------------------------------------------------------
@@ -207,7 +220,8 @@ def region_bytes(layout: Layout, rs: RankSpec) -> dict[str, int]:
 
 def _background(layout: Layout, rs: RankSpec, seed: int) -> dict[str, U8]:
     rng = np.random.default_rng(seed)
-    return {name: rng.integers(0, 256, size, dtype=np.uint8) for name, size in region_bytes(layout, rs).items()}
+    return {name: np.frombuffer(bytearray(rng.bytes(size)), dtype=np.uint8)
+            for name, size in region_bytes(layout, rs).items()}
 
 
 def _write(layout: Layout, rs: RankSpec, mem: dict[str, U8], req: Request, token_limit: int,
