@@ -17,7 +17,7 @@ import numpy.typing as npt
 from hybridxfer.errors import BlockIdError
 from hybridxfer.layout import RankLayout
 from hybridxfer.plan._plan import PlanStatistics, SourceReads, TransferPlan
-from hybridxfer.plan._runs import merge_starts
+from hybridxfer.plan._runs import Runs, merge_starts
 from hybridxfer.plan._template import Job, PlanTemplate
 
 __all__ = ["bind"]
@@ -51,7 +51,7 @@ def bind(
     chunks: dict[tuple[str, str], tuple[Int64Array, ...]] = {}
     states: dict[tuple[str, str], tuple[int, int]] = {}
     used_dst: dict[str, set[int]] = {}
-    rows: dict[int, list[tuple[Job, Int64Array, Int64Array]]] = {}
+    rows: dict[int, list[tuple[Job, Runs, Int64Array, Int64Array]]] = {}
     for job in template.jobs:
         key = (job.src_group, job.dst_group)
         if job.has_tokens:
@@ -72,13 +72,20 @@ def bind(
             d_tok_stride = dp.piece.strides()[dp.piece.axes.index("token")]
             s_off = sp.base + s_blk * sp.page_stride + s_sub * sp.piece.nbytes + s_tok * s_tok_stride
             d_off = dp.base + d_blk * dp.page_stride + d_sub * dp.piece.nbytes + d_tok * d_tok_stride
+            rem = int(tokens[0]) % template.chunk_tokens
+            holds_last = job.spread[0] == job.spread[1] - 1
+            if rem and holds_last and s_off.shape[0]:
+                tail = template.tail_runs(job, rem)
+                rows.setdefault(job.src_rank, []).append((job, job.runs, s_off[:-1], d_off[:-1]))
+                rows[job.src_rank].append((job, tail, s_off[-1:], d_off[-1:]))
+                continue
         else:
             if key not in states:
                 states[key] = _state_blocks(src_tab, dst_tab, key, used_dst, src0, dst)
             sb, db = states[key]
             s_off = np.array([job.src.block_offset(sb)], dtype=np.int64)
             d_off = np.array([job.dst.block_offset(db)], dtype=np.int64)
-        rows.setdefault(job.src_rank, []).append((job, s_off, d_off))
+        rows.setdefault(job.src_rank, []).append((job, job.runs, s_off, d_off))
     _check_aliasing(template, used_dst)
     return _assemble(template, rows, used_dst, dst_tab)
 
@@ -218,7 +225,7 @@ def _check_aliasing(template: PlanTemplate, used_dst: dict[str, set[int]]) -> No
 
 def _assemble(
     template: PlanTemplate,
-    rows: dict[int, list[tuple[Job, Int64Array, Int64Array]]],
+    rows: dict[int, list[tuple[Job, Runs, Int64Array, Int64Array]]],
     used_dst: dict[str, set[int]],
     dst_tab: dict[str, Int64Array],
 ) -> TransferPlan:
@@ -227,8 +234,7 @@ def _assemble(
     total_raw = 0
     for rank in sorted(rows):
         cols: list[tuple[Int64Array, ...]] = []
-        for job, s_off, d_off in rows[rank]:
-            r = job.runs
+        for job, r, s_off, d_off in rows[rank]:
             # template-major: consecutive chunks of one run are adjacent, so they merge
             src = (r.src[:, None] + s_off[None, :]).ravel()
             dst = (r.dst[:, None] + d_off[None, :]).ravel()

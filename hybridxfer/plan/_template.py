@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridxfer.errors import IncompatibleLayoutsError
-from hybridxfer.layout import TOKEN_AXIS, PlacedPiece, RankLayout
+from hybridxfer.layout import TOKEN_AXIS, Piece, PlacedPiece, RankLayout
 from hybridxfer.plan._plan import TransferPlan
 from hybridxfer.plan._runs import AxisSpan, Runs, box_runs, concat_runs
 from hybridxfer.plan._sources import natural_sources, shard_intervals
@@ -69,6 +69,16 @@ class PlanTemplate:
     #: per dst state group: page padding bytes left untouched per request block
     state_padding: tuple[tuple[str, int], ...]
 
+    def tail_runs(self, job: Job, tokens: int) -> Runs:
+        """Runs of ``job`` for a last chunk holding only ``tokens`` (< chunk_tokens) tokens.
+
+        Requests rarely end on a chunk boundary; moving exactly the request's tokens keeps
+        unused token slots of the last block off the wire.
+        """
+        runs = piece_runs(job.src.piece, self.src_tp, job.dst.piece, self.dst.tp, self.dst.rank,
+                          tokens, self.coalesce)
+        return runs[job.src_rank] if job.src_rank in runs else next(iter(runs.values()))
+
     @property
     def src_tp(self) -> int:
         return len(self.src)
@@ -106,12 +116,16 @@ def _compile_cached(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool
     src_tp, dst_tp = len(src), dst.tp
     chunk = math.gcd(src[0].kernel_block_tokens, dst.kernel_block_tokens)
     jobs: list[Job] = []
+    by_tensor: list[dict[tuple[str, str], list[PlacedPiece]]] = []
+    for s_layout in src:
+        index: dict[tuple[str, str], list[PlacedPiece]] = {}
+        for pp in s_layout.placements:
+            index.setdefault((pp.layer, pp.piece.tensor), []).append(pp)
+        by_tensor.append(index)
     for dst_pp in dst.placements:
         covered = 0
         for rank, s_layout in enumerate(src):
-            for src_pp in s_layout.placements:
-                if src_pp.layer != dst_pp.layer or src_pp.piece.tensor != dst_pp.piece.tensor:
-                    continue
+            for src_pp in by_tensor[rank].get((dst_pp.layer, dst_pp.piece.tensor), []):
                 for p_rank, runs in _pair_runs(src_pp, src_tp, dst_pp, dst_tp, dst.rank, chunk, coalesce).items():
                     spread = _spread(src_pp, src_tp, dst_tp, dst.rank, rank)
                     if (p_rank != rank and spread is None) or not len(runs):
@@ -189,6 +203,16 @@ def _pair_runs(
         raise IncompatibleLayoutsError(
             f"layer {dst_pp.layer!r}: P piece {sp.name!r} {sp.axes}/{sp.dtype} and D piece {dp.name!r} "
             f"{dp.axes}/{dp.dtype} do not describe the same tensor")
+    return piece_runs(sp, src_tp, dp, dst_tp, dst_rank, chunk, coalesce)
+
+
+@lru_cache(maxsize=4096)
+def piece_runs(sp: Piece, src_tp: int, dp: Piece, dst_tp: int, dst_rank: int, chunk: int,
+               coalesce: bool) -> dict[int, Runs]:
+    """Runs for a (P piece, D piece) geometry; cached: every Mamba layer of a model shares it.
+
+    The returned arrays are shared between callers and must not be modified.
+    """
     s_str = dict(zip(sp.axes, sp.strides(), strict=True))
     d_str = dict(zip(dp.axes, dp.strides(), strict=True))
     spans: dict[str, AxisSpan] = {}

@@ -12,7 +12,6 @@ bytes that must stay untouched.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -303,13 +302,13 @@ def fill_source_memory(layout: Layout, rs: RankSpec, req: Request, *, seed: int 
 def expected_memory(layout: Layout, rs: RankSpec, req: Request, *, chunk_tokens: int, seed: int = 2) -> dict[str, U8]:
     """What D rank memory must hold after the transfer (untouched bytes keep ``seed`` noise).
 
-    Tokens move in chunks of ``chunk_tokens`` (gcd of P's and D's kernel block sizes), so
-    D receives tokens ``[0, roundup(req.tokens, chunk))``; sliding-window layers only from
-    the chunk holding token ``tokens - window``.
+    D receives exactly tokens ``[0, req.tokens)`` — no unused slot of the last block;
+    sliding-window layers from the start of the ``chunk_tokens``-token chunk (gcd of P's
+    and D's kernel block sizes) holding token ``tokens - window``.
     """
     mem = _background(layout, rs, seed)
-    limit = math.ceil(req.tokens / chunk_tokens) * chunk_tokens
-    _write(layout, rs, mem, req, token_limit=limit, token_start=_window_starts(layout, req.tokens, chunk_tokens))
+    _write(layout, rs, mem, req, token_limit=req.tokens,
+           token_start=_window_starts(layout, req.tokens, chunk_tokens))
     return mem
 
 

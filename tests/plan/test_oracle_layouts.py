@@ -107,6 +107,6 @@ def test_coalescing_changes_descriptors_not_bytes(coalesce: bool) -> None:
     layout = _load(ROOT / "nemotron-3-nano-30b-a3b.toml")
     plans = check_pairing(layout, layout, 2, 2, 3000, dst_ranks=[1], coalesce=coalesce)
     stats = plans[0].statistics
-    # whole 2096-token chunks move (the request rounds up to 4192 tokens of kernel blocks)
-    assert stats.bytes == 6 * 4192 * 512 + 23 * 1_067_008
+    # exactly the request's 3000 tokens move, not the unused slots of its last block
+    assert stats.bytes == 6 * 3000 * 512 + 23 * 1_067_008
     assert (stats.descriptor_count < stats.descriptor_count_uncoalesced) == coalesce
