@@ -8,14 +8,17 @@ translated at the transport boundary and kept as ``__cause__``::
     ├── IncompatibleLayoutsError    P and D layouts cannot be paired (model, dtype, TP, geometry)
     ├── BlockIdError                block IDs of a request are out of range, duplicated, mismatched
     ├── TransportNotFoundError      no transport registered under that name
+    ├── UnsupportedModelError       (hybridxfer.hf) a config.json of an unknown architecture
+    ├── RenderError                 (hybridxfer.render) a picture could not be written
     └── TransportError              something went wrong moving bytes
         ├── ConnectError            could not reach or handshake with a peer
-        ├── AuthenticationError     the peer refused our secret (or we refused theirs)
+        │   └── AuthenticationError the peer refused our secret (or we refused theirs)
         ├── ClosedTransportError    used after ``aclose()``
         ├── BrokenTransportError    the connection died; the transport must be reconnected
         ├── ProtocolError           a peer sent a malformed or unexpected frame
         └── TransferError           a transfer failed; says which request/rank/blocks
-            └── TransferTimeout     a transfer did not finish within its deadline
+            ├── TransferTimeout     a transfer did not finish within its deadline
+            └── RequestFailed       (hybridxfer.engine) a pull failed; carries the failure record
 
 Why a tree: callers catch the level they can act on — an engine recomputes on
 ``TransferError`` and re-handshakes on ``BrokenTransportError``; a CLI prints any

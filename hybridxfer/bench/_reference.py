@@ -77,6 +77,7 @@ def reference_descriptors(src: Sequence[RankLayout], dst: RankLayout,
             d_bs, d_kb = dst.logical_block_tokens, dst.kernel_block_tokens
             s_ids, d_ids = src_blocks[dp.group], dst_blocks[dp.group]
             for t in range(0, tokens, chunk):
+                n = min(chunk, tokens - t)  # the last chunk moves only the request's tokens
                 s_blk, s_in = s_ids[t // s_bs], t % s_bs
                 d_blk, d_in = d_ids[t // d_bs], t % d_bs
                 for u, d_el in d_units.items():
@@ -87,7 +88,7 @@ def reference_descriptors(src: Sequence[RankLayout], dst: RankLayout,
                     d_off = (dp.base + d_blk * dp.page_stride + (d_in // d_kb) * piece.nbytes
                              + d_el * d_stride + (d_in % d_kb) * d_tok)
                     rows.append((r, src[r].region_index(sp.region), s_off,
-                                 dst.region_index(dp.region), d_off, chunk * d_tok * extents[u]))
+                                 dst.region_index(dp.region), d_off, n * d_tok * extents[u]))
         else:
             s_blk, d_blk = src_blocks[dp.group][-1], dst_blocks[dp.group][-1]
             for u, d_el in d_units.items():

@@ -11,15 +11,15 @@ Synopsis::
     hybridxfer [-v|-vv] layout check FILE...
     hybridxfer layout show FILE --tp N [--rank R] [--json] [--svg FILE]
     hybridxfer layout expand FILE
-    hybridxfer layout from-hf CONFIG.json [--engine vllm] [-o FILE]
+    hybridxfer layout from-hf CONFIG.json [--engine vllm] [-o FILE] [--model-id ID]
     hybridxfer plan SRC_LAYOUT [--dst-layout FILE] --src-tp P --dst-tp D [--dst-rank R]
                     (--tokens N | --blocks SPEC) [--no-coalesce] [--json] [--svg FILE] [--png FILE]
     hybridxfer serve LAYOUT --tp P [--rank R] --listen HOST:PORT [--transport NAME]
-                     [--tokens N] [--requests K] [--secret-file F]
+                     [--tokens N] [--requests K] [--secret-file F] [--advertise HOST] [--max-pulls K]
     hybridxfer pull LAYOUT --src-tp P --dst-tp D --rank R --connect HOST:PORT... --tokens N
-                    [--requests K] [--transport NAME] [--secret-file F] [--json]
+                    [--requests K] [--transport NAME] [--secret-file F] [--timeout S] [--json]
     hybridxfer demo [--layout FILE] [--src-tp P] [--dst-tp D] [--transport NAME] [--tokens N]
-                    [--requests K] [--json]
+                    [--requests K] [--timeout S] [--json]
     hybridxfer bench ...   (see ``hybridxfer bench --help``)
 """
 

@@ -93,7 +93,7 @@ def _from_data(data: dict[str, Any], source: str, text: str | None) -> Layout:
     assert layout is not None
     col.adopt(layout.problems(), note)
     col.raise_if_any()
-    return layout
+    return attrs.evolve(layout, source=source)
 
 
 # -- memory form ------------------------------------------------------------------------------

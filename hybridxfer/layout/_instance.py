@@ -123,12 +123,13 @@ class RankLayout:
     ) -> RankLayout:
         layout.validated()
         problems: list[LayoutProblem] = []
+        src = layout.source
         if not isinstance(tp, int) or tp < 1:
-            raise LayoutError(f"tp must be a positive integer, got {tp!r}")
+            raise LayoutError([LayoutProblem(f"tp must be a positive integer, got {tp!r}", file=src)])
         if not 0 <= rank < tp:
-            raise LayoutError(f"rank {rank} is outside TP size {tp}")
+            raise LayoutError([LayoutProblem(f"rank {rank} is outside TP size {tp}", file=src)])
         if num_blocks < 1:
-            raise LayoutError(f"num_blocks must be >= 1, got {num_blocks}")
+            raise LayoutError([LayoutProblem(f"num_blocks must be >= 1, got {num_blocks}", file=src)])
         specs = layout.spec_map()
         layer_spec: dict[str, LayerSpec] = {lay.name: specs[lay.spec] for lay in layout.layers}
 
@@ -137,7 +138,7 @@ class RankLayout:
             try:
                 spec.pieces(tp, 1)
             except ShardingError as exc:
-                problems.append(LayoutProblem(f"TP={tp}: {exc}", path=f"specs.{name}"))
+                problems.append(LayoutProblem(f"TP={tp}: {exc}", file=src, path=f"specs.{name}"))
         if problems:
             raise LayoutError(problems)
 
@@ -166,7 +167,7 @@ class RankLayout:
             pages = [max(pages)] * len(pages)
 
         for ri, region in enumerate(layout.regions):
-            problems.extend(_overlaps(ri, region.name, spans[ri]))
+            problems.extend(attrs.evolve(p, file=src) for p in _overlaps(ri, region.name, spans[ri]))
         if problems:
             raise LayoutError(problems)
 
@@ -213,11 +214,12 @@ def _block_sizes(
     if kernel is None:
         kernel = logical if policy.kernel == "logical" else policy.kernel
     if logical < 1 or kernel < 1:
-        raise LayoutError(f"block sizes must be positive (logical={logical}, kernel={kernel})")
+        raise LayoutError([LayoutProblem(f"block sizes must be positive (logical={logical}, kernel={kernel})",
+                                         file=layout.source)])
     if token_specs and logical % kernel:
         raise LayoutError(
             [LayoutProblem(f"kernel block size {kernel} does not divide logical block size {logical} (TP={tp})",
-                           path="block.kernel")]
+                           file=layout.source, path="block.kernel")]
         )
     return logical, kernel
 

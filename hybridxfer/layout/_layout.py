@@ -99,6 +99,8 @@ class Layout:
     groups: tuple[Group, ...]
     regions: tuple[Region, ...]
     block: BlockPolicy = BlockPolicy()
+    #: the file it was loaded from, for error messages (not part of identity or digest)
+    source: str | None = attrs.field(default=None, eq=False, repr=False)
 
     # -- lookups ---------------------------------------------------------------------------
     def spec_map(self) -> dict[str, LayerSpec]:

@@ -164,7 +164,7 @@ async def test_cancelled_execute_can_be_retried(kind: str) -> None:
 
 @pytest.mark.anyio
 async def test_register_raw_pointer_bytearray_and_torch_tensor() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     tensor = torch.arange(1024, dtype=torch.int32)
     raw = np.arange(4096, dtype=np.uint8)
     async with Agent("a", transport="loopback") as agent:
