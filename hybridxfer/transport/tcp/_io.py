@@ -15,7 +15,9 @@ stream position as unknown and close it.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import socket
+import threading
 from collections.abc import Sequence
 
 import anyio
@@ -24,7 +26,7 @@ import numpy.typing as npt
 
 from hybridxfer.errors import BrokenTransportError
 
-__all__ = ["IOV_MAX", "recv_exactly", "recv_into_views", "recv_runs", "send_runs", "send_views"]
+__all__ = ["IOV_MAX", "recv_exactly", "recv_into_views", "recv_runs", "recv_runs_in_thread", "send_runs", "send_views"]
 
 Int64Array = npt.NDArray[np.int64]
 
@@ -166,3 +168,70 @@ async def recv_runs(
     r, s, e = region.tolist(), offset.tolist(), (offset + length).tolist()
     for a in range(0, len(r), IOV_MAX):
         await recv_into_views(sock, _chunk_views(region_views, r, s, e, a, a + IOV_MAX), stall_timeout)
+
+
+def _recv_runs_blocking(
+    sock: socket.socket,
+    region_views: Sequence[memoryview],
+    runs: tuple[Int64Array, Int64Array, Int64Array],
+) -> None:
+    """:func:`recv_runs` for a worker thread: the socket is in blocking mode with a timeout."""
+    region, offset, length = runs
+    r, s, e = region.tolist(), offset.tolist(), (offset + length).tolist()
+    for a in range(0, len(r), IOV_MAX):
+        views = _chunk_views(region_views, r, s, e, a, a + IOV_MAX)
+        ends = _ends(views)
+        total = ends[-1] if ends else 0
+        pos = 0
+        while pos < total:
+            i = bisect.bisect_right(ends, pos)
+            start = ends[i - 1] if i else 0
+            first = views[i][pos - start :]
+            try:
+                if i + 1 == len(views):
+                    n = sock.recv_into(first)
+                else:
+                    n = sock.recvmsg_into([first, *views[i + 1 : i + IOV_MAX]])[0]
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                raise BrokenTransportError(f"receive failed: {exc}") from exc
+            if n == 0:
+                raise BrokenTransportError(f"peer closed the connection after {pos} of {total} bytes")
+            pos += n
+
+
+async def recv_runs_in_thread(
+    sock: socket.socket,
+    region_views: Sequence[memoryview],
+    runs: tuple[Int64Array, Int64Array, Int64Array],
+    stall_timeout: float | None,
+) -> None:
+    """:func:`recv_runs` on a worker thread, so reads from several peers proceed in parallel
+    (``recv_into`` releases the GIL) and the event loop stays free.
+
+    Cancellation shuts the socket down, which wakes the thread, and waits (shielded, a few
+    seconds at most) until it has stopped writing into destination memory; the caller
+    must then close the connection.
+    """
+    stopped = threading.Event()
+
+    def work() -> None:
+        try:
+            _recv_runs_blocking(sock, region_views, runs)
+        finally:
+            stopped.set()
+
+    sock.settimeout(stall_timeout)
+    try:
+        await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+            while not stopped.is_set():  # polled: waiting on a second thread would park one more
+                await anyio.sleep(0.001)
+        raise
+    finally:
+        if sock.fileno() >= 0:
+            sock.setblocking(False)
