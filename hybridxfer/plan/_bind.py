@@ -17,8 +17,9 @@ import numpy.typing as npt
 from hybridxfer.errors import BlockIdError
 from hybridxfer.layout import RankLayout
 from hybridxfer.plan._plan import PlanStatistics, SourceReads, TransferPlan
-from hybridxfer.plan._runs import Runs, merge_starts
-from hybridxfer.plan._template import Job, PlanTemplate
+from hybridxfer.plan._batch import Batch, RunTable
+from hybridxfer.plan._runs import merge_starts
+from hybridxfer.plan._template import PlanTemplate
 
 __all__ = ["bind"]
 
@@ -51,43 +52,61 @@ def bind(
     chunks: dict[tuple[str, str], tuple[Int64Array, ...]] = {}
     states: dict[tuple[str, str], tuple[int, int]] = {}
     used_dst: dict[str, set[int]] = {}
-    rows: dict[int, list[tuple[Job, Runs, Int64Array, Int64Array]]] = {}
-    for job in template.jobs:
-        key = (job.src_group, job.dst_group)
-        if job.has_tokens:
+    cols: dict[int, list[tuple[Int64Array, ...]]] = {}
+    for batch in template.batches:
+        key = (batch.src_group, batch.dst_group)
+        if batch.has_tokens:
             if key not in chunks:
                 chunks[key] = _token_chunks(template, src_tab, dst_tab, key, num_tokens, used_dst)
-            tokens, s_blk, s_sub, s_tok, d_blk, d_sub, d_tok = chunks[key]
-            if job.window is not None:
-                first = int(max(0, int(tokens[0]) - job.window) // template.chunk_tokens)
-                s_blk, s_sub, s_tok = s_blk[first:], s_sub[first:], s_tok[first:]
-                d_blk, d_sub, d_tok = d_blk[first:], d_sub[first:], d_tok[first:]
-            if job.spread[1] > 1:
-                i, n = job.spread
-                lo, hi = s_blk.shape[0] * i // n, s_blk.shape[0] * (i + 1) // n
-                s_blk, s_sub, s_tok = s_blk[lo:hi], s_sub[lo:hi], s_tok[lo:hi]
-                d_blk, d_sub, d_tok = d_blk[lo:hi], d_sub[lo:hi], d_tok[lo:hi]
-            sp, dp = job.src, job.dst
-            s_tok_stride = sp.piece.strides()[sp.piece.axes.index("token")]
-            d_tok_stride = dp.piece.strides()[dp.piece.axes.index("token")]
-            s_off = sp.base + s_blk * sp.page_stride + s_sub * sp.piece.nbytes + s_tok * s_tok_stride
-            d_off = dp.base + d_blk * dp.page_stride + d_sub * dp.piece.nbytes + d_tok * d_tok_stride
-            rem = int(tokens[0]) % template.chunk_tokens
-            holds_last = job.spread[0] == job.spread[1] - 1
-            if rem and holds_last and s_off.shape[0]:
-                tail = template.tail_runs(job, rem)
-                rows.setdefault(job.src_rank, []).append((job, job.runs, s_off[:-1], d_off[:-1]))
-                rows[job.src_rank].append((job, tail, s_off[-1:], d_off[-1:]))
-                continue
+            out = _token_rows(template, batch, chunks[key])
         else:
             if key not in states:
                 states[key] = _state_blocks(src_tab, dst_tab, key, used_dst, src0, dst)
             sb, db = states[key]
-            s_off = np.array([job.src.block_offset(sb)], dtype=np.int64)
-            d_off = np.array([job.dst.block_offset(db)], dtype=np.int64)
-        rows.setdefault(job.src_rank, []).append((job, job.runs, s_off, d_off))
+            out = [_rows(batch, batch.runs, batch.src_base + sb * batch.src_page,
+                         batch.dst_base + db * batch.dst_page)]
+        cols.setdefault(batch.src_rank, []).extend(out)
     _check_aliasing(template, used_dst)
-    return _assemble(template, rows, used_dst, dst_tab)
+    return _assemble(template, cols, used_dst)
+
+
+def _token_rows(template: PlanTemplate, batch: Batch, chunk_arrays: tuple[Int64Array, ...]) -> list[tuple[Int64Array, ...]]:
+    """Rows of a token batch: every job's runs at every chunk of the request it moves."""
+    tokens, s_blk, s_sub, s_tok, d_blk, d_sub, d_tok = chunk_arrays
+    g = template.chunk_tokens
+    if batch.window is not None:
+        first = int(max(0, int(tokens[0]) - batch.window) // g)
+        s_blk, s_sub, s_tok = s_blk[first:], s_sub[first:], s_tok[first:]
+        d_blk, d_sub, d_tok = d_blk[first:], d_sub[first:], d_tok[first:]
+    i, n = batch.spread
+    if n > 1:
+        lo, hi = s_blk.shape[0] * i // n, s_blk.shape[0] * (i + 1) // n
+        s_blk, s_sub, s_tok = s_blk[lo:hi], s_sub[lo:hi], s_tok[lo:hi]
+        d_blk, d_sub, d_tok = d_blk[lo:hi], d_sub[lo:hi], d_tok[lo:hi]
+    # per job (rows) and chunk (columns): where the chunk starts on each side
+    s_off = (batch.src_base[:, None] + s_blk[None, :] * batch.src_page[:, None]
+             + s_sub[None, :] * batch.src_kernel[:, None] + s_tok[None, :] * batch.src_token[:, None])
+    d_off = (batch.dst_base[:, None] + d_blk[None, :] * batch.dst_page[:, None]
+             + d_sub[None, :] * batch.dst_kernel[:, None] + d_tok[None, :] * batch.dst_token[:, None])
+    rem = int(tokens[0]) % g
+    if not rem or i != n - 1 or not s_off.shape[1]:
+        return [_rows(batch, batch.runs, s_off, d_off)]
+    # the request ends inside its last chunk: that chunk moves only its ``rem`` tokens
+    tail = batch.tail(rem, template.tail_runs)
+    return [_rows(batch, batch.runs, s_off[:, :-1], d_off[:, :-1]),
+            _rows(batch, tail, s_off[:, -1:], d_off[:, -1:])]
+
+
+def _rows(batch: Batch, runs: RunTable, s_off: Int64Array, d_off: Int64Array) -> tuple[Int64Array, ...]:
+    """(src region, src offset, dst region, dst offset, length, kind) columns, template-major:
+    consecutive chunks of one run are adjacent, so they merge."""
+    if s_off.ndim == 1:
+        s_off, d_off = s_off[:, None], d_off[:, None]
+    width = s_off.shape[1]
+    src = (runs.src[:, None] + s_off[runs.job]).ravel()
+    dst = (runs.dst[:, None] + d_off[runs.job]).ravel()
+    return (np.repeat(batch.src_region[runs.job], width), src, np.repeat(batch.dst_region[runs.job], width),
+            dst, np.repeat(runs.length, width), np.repeat(batch.kind[runs.job], width))
 
 
 def _windowed(template: PlanTemplate, side: int) -> set[str]:
@@ -225,36 +244,27 @@ def _check_aliasing(template: PlanTemplate, used_dst: dict[str, set[int]]) -> No
 
 def _assemble(
     template: PlanTemplate,
-    rows: dict[int, list[tuple[Job, Runs, Int64Array, Int64Array]]],
+    cols: dict[int, list[tuple[Int64Array, ...]]],
     used_dst: dict[str, set[int]],
-    dst_tab: dict[str, Int64Array],
 ) -> TransferPlan:
     reads: list[SourceReads] = []
-    by_kind: dict[str, int] = {}
+    by_kind = np.zeros(len(template.kinds), dtype=np.int64)
     total_raw = 0
-    for rank in sorted(rows):
-        cols: list[tuple[Int64Array, ...]] = []
-        for job, r, s_off, d_off in rows[rank]:
-            # template-major: consecutive chunks of one run are adjacent, so they merge
-            src = (r.src[:, None] + s_off[None, :]).ravel()
-            dst = (r.dst[:, None] + d_off[None, :]).ravel()
-            length = np.repeat(r.length, s_off.shape[0])
-            n = src.shape[0]
-            cols.append((np.full(n, job.src_region, dtype=np.int64), src,
-                         np.full(n, job.dst_region, dtype=np.int64), dst, length))
-            by_kind[job.kind] = by_kind.get(job.kind, 0) + int(length.sum())
-        sr, so, dr, do, ln = (np.concatenate([c[i] for c in cols]) for i in range(5))
+    for rank in sorted(cols):
+        sr, so, dr, do, ln, kind = (np.concatenate([c[i] for c in cols[rank]]) for i in range(6))
+        by_kind += np.bincount(kind, weights=ln, minlength=len(template.kinds)).astype(np.int64)
         total_raw += ln.shape[0]
         if template.coalesce and ln.shape[0] > 1:
             starts = merge_starts(so, do, ln, sr, dr)
             ln = np.add.reduceat(ln, starts)
             sr, so, dr, do = sr[starts], so[starts], dr[starts], do[starts]
         reads.append(SourceReads(rank, sr, so, dr, do, ln))
+    by_kind_map = {k: int(v) for k, v in zip(template.kinds, by_kind.tolist(), strict=True) if v}
     pad = dict(template.state_padding)
     padding = sum(pad.get(g, 0) * len(blocks) for g, blocks in used_dst.items())
     stats = PlanStatistics(
         bytes=sum(r.total_bytes for r in reads),
-        bytes_by_kind=dict(sorted(by_kind.items())),
+        bytes_by_kind=by_kind_map,
         padding_bytes_skipped=padding,
         descriptor_count=sum(len(r) for r in reads),
         descriptor_count_uncoalesced=total_raw,

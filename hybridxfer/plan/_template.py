@@ -19,39 +19,13 @@ import numpy.typing as npt
 
 from hybridxfer.errors import IncompatibleLayoutsError
 from hybridxfer.layout import TOKEN_AXIS, Piece, PlacedPiece, RankLayout
+from hybridxfer.plan._batch import Batch, make_batches
+from hybridxfer.plan._job import Job
 from hybridxfer.plan._plan import TransferPlan
 from hybridxfer.plan._runs import AxisSpan, Runs, box_runs, concat_runs
 from hybridxfer.plan._sources import natural_sources, shard_intervals
 
-__all__ = ["Job", "PlanTemplate", "compile_plan"]
-
-
-@attrs.frozen(eq=False)
-class Job:
-    """One (layer, source piece, destination piece) pairing from one source rank.
-
-    ``runs`` are relative to the piece's block start on each side (for token pieces: to
-    the start of a chunk of ``chunk_tokens`` tokens at token offset 0 of a kernel block).
-    """
-
-    src_rank: int
-    layer: str
-    kind: str
-    src_group: str
-    dst_group: str
-    src_region: int
-    dst_region: int
-    src: PlacedPiece
-    dst: PlacedPiece
-    runs: Runs
-    window: int | None
-    #: ``(i, n)``: this job moves the i-th of n equal, contiguous shares of the token chunks
-    #: (a replicated piece held by n source ranks is read from all of them, for bandwidth)
-    spread: tuple[int, int] = (0, 1)
-
-    @property
-    def has_tokens(self) -> bool:
-        return self.dst.piece.has_tokens
+__all__ = ["Job", "PlanTemplate", "compile_plan", "piece_runs"]
 
 
 @attrs.frozen(eq=False)
@@ -68,6 +42,9 @@ class PlanTemplate:
     aliasing_groups: tuple[tuple[str, str], ...]
     #: per dst state group: page padding bytes left untouched per request block
     state_padding: tuple[tuple[str, int], ...]
+    #: the jobs stacked for binding (see :mod:`._batch`), and the layer kinds they index
+    batches: tuple[Batch, ...]
+    kinds: tuple[str, ...]
 
     def tail_runs(self, job: Job, tokens: int) -> Runs:
         """Runs of ``job`` for a last chunk holding only ``tokens`` (< chunk_tokens) tokens.
@@ -150,10 +127,11 @@ def _compile_cached(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool
     jobs.sort(key=lambda j: (j.src_rank, j.dst_region, j.dst.base))
     natural = natural_sources(src_tp, dst_tp, dst.rank)
     notify = tuple(sorted(set(natural) | {j.src_rank for j in jobs}))
+    kinds = tuple(sorted({j.kind for j in jobs}))
     return PlanTemplate(
         src=src, dst=dst, coalesce=coalesce, chunk_tokens=chunk, jobs=tuple(jobs),
         notify_ranks=notify, aliasing_groups=_aliasing_groups(dst),
-        state_padding=_state_padding(dst),
+        state_padding=_state_padding(dst), batches=make_batches(jobs, kinds), kinds=kinds,
     )
 
 
