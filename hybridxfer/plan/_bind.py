@@ -93,8 +93,31 @@ def _token_rows(template: PlanTemplate, batch: Batch, chunk_arrays: tuple[Int64A
         return [_rows(batch, batch.runs, s_off, d_off)]
     # the request ends inside its last chunk: that chunk moves only its ``rem`` tokens
     tail = batch.tail(rem, template.tail_runs)
-    return [_rows(batch, batch.runs, s_off[:, :-1], d_off[:, :-1]),
-            _rows(batch, tail, s_off[:, -1:], d_off[:, -1:])]
+    main = _rows(batch, batch.runs, s_off[:, :-1], d_off[:, :-1])
+    last = _rows(batch, tail, s_off[:, -1:], d_off[:, -1:])
+    return [_interleave(main, batch.runs.job, s_off.shape[1] - 1, last, tail.job)]
+
+
+def _interleave(main: tuple[Int64Array, ...], main_job: Int64Array, width: int,
+                last: tuple[Int64Array, ...], last_job: Int64Array) -> tuple[Int64Array, ...]:
+    """Put each job's tail rows right after its own full-chunk rows, so they coalesce."""
+    jobs = int(max(main_job.max(initial=-1), last_job.max(initial=-1))) + 1
+    main_runs = np.bincount(main_job, minlength=jobs)
+    last_runs = np.bincount(last_job, minlength=jobs)
+    per_job = main_runs * width + last_runs
+    start = np.concatenate(([0], np.cumsum(per_job)[:-1]))
+    first_main = np.concatenate(([0], np.cumsum(main_runs)[:-1]))
+    first_last = np.concatenate(([0], np.cumsum(last_runs)[:-1]))
+    within = np.arange(main_job.shape[0]) - first_main[main_job]
+    main_at = ((start[main_job] + within * width)[:, None] + np.arange(width)[None, :]).ravel()
+    last_at = start[last_job] + main_runs[last_job] * width + (np.arange(last_job.shape[0]) - first_last[last_job])
+    out = []
+    for m, t in zip(main, last, strict=True):
+        col = np.empty(m.shape[0] + t.shape[0], dtype=np.int64)
+        col[main_at] = m
+        col[last_at] = t
+        out.append(col)
+    return tuple(out)
 
 
 def _rows(batch: Batch, runs: RunTable, s_off: Int64Array, d_off: Int64Array) -> tuple[Int64Array, ...]:
