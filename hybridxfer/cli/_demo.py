@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from hybridxfer._child import ChildLines
 from hybridxfer.errors import TransferError
 
 __all__ = ["add_parser", "default_layout"]
@@ -46,25 +47,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up after S seconds")
     p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
     p.set_defaults(handler=_run)
-
-
-class _Child:
-    """A child process and a line reader over its stdout."""
-
-    def __init__(self, process: anyio.abc.Process, what: str) -> None:
-        self.process, self.what = process, what
-        self._buffer = b""
-
-    async def line(self) -> str:
-        assert self.process.stdout is not None
-        while b"\n" not in self._buffer:
-            try:
-                self._buffer += await self.process.stdout.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                code = await self.process.wait()
-                raise TransferError(f"{self.what} exited (status {code}) before finishing") from None
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
 
 
 def _cli(verbose: int, *argv: object) -> list[str]:
@@ -106,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _conduct(args: argparse.Namespace, layout: Path, bar: Any) -> list[dict[str, Any]]:
     """Start P ranks, then D ranks; release the D ranks together; collect their results."""
-    children: list[_Child] = []
+    children: list[ChildLines] = []
     phase = "starting P ranks"
     totals: dict[int, int] = {}
     moved: dict[int, int] = {}
@@ -114,9 +96,12 @@ async def _conduct(args: argparse.Namespace, layout: Path, bar: Any) -> list[dic
     def draw(force: bool = False) -> None:
         bar.update(sum(moved.values()), sum(totals.values()), phase, force=force)
 
-    async def spawn(argv: list[str], what: str) -> _Child:
+    async def spawn(argv: list[str], what: str) -> ChildLines:
+        def exited(status: int | None) -> Exception:
+            return TransferError(f"{what} exited (status {status}) before finishing")
+
         process = await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
-        child = _Child(process, what)
+        child = ChildLines(process, exited)
         children.append(child)
         return child
 
@@ -141,7 +126,7 @@ async def _conduct(args: argparse.Namespace, layout: Path, bar: Any) -> list[dic
                        for d in range(args.dst_tp)]
             results: dict[int, dict[str, Any]] = {}
 
-            async def follow(d: int, child: _Child, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+            async def follow(d: int, child: ChildLines, *, task_status: anyio.abc.TaskStatus[None]) -> None:
                 nonlocal phase
                 while True:
                     kind, _, rest = (await child.line()).removeprefix("EV ").partition(" ")

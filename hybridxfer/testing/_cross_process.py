@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import anyio
-import anyio.abc
 import numpy as np
 import numpy.typing as npt
 
+from hybridxfer._child import ChildLines, open_child
 from hybridxfer.errors import IncompatibleLayoutsError, TransferError
 from hybridxfer.plan import PlanStatistics, SourceReads, TransferPlan
 from hybridxfer.testing._hybrid_check import check_full_hybrid_oracle
@@ -57,10 +56,10 @@ def make_plan(reads: Mapping[int, Sequence[object]], *, src_region_names: Sequen
 class PeerProcess:
     """A P agent in a child process serving ``pattern_bytes(seed, size)`` as region ``src``."""
 
-    def __init__(self, process: anyio.abc.Process, metadata: bytes, buffer: bytes) -> None:
-        self.process = process
+    def __init__(self, child: ChildLines, metadata: bytes) -> None:
+        self.child = child
+        self.process = child.process
         self.metadata = metadata
-        self._buffer = buffer
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -73,30 +72,15 @@ class PeerProcess:
                 "--options", json.dumps(dict(options or {})), "--name", name, "--size", str(size),
                 "--seed", str(seed), "--rank", str(rank), "--tp-size", str(tp_size),
                 "--model-digest", model_digest]
-        process = await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
-        try:
-            peer = cls(process, b"", b"")
+        async with open_child(argv, lambda status: ConformanceFailure("peer process exited")) as child:
             with anyio.fail_after(start_timeout):
-                line = await peer._line()
+                line = await child.line()
             if not line.startswith("META "):
                 raise ConformanceFailure(f"peer process printed {line!r} instead of its metadata")
-            peer.metadata = bytes.fromhex(line[5:])
-            yield peer
-        finally:
-            with anyio.CancelScope(shield=True):
-                if process.returncode is None:
-                    process.kill()
-                await process.aclose()
+            yield cls(child, bytes.fromhex(line[5:]))
 
     async def _line(self) -> str:
-        assert self.process.stdout is not None
-        while b"\n" not in self._buffer:
-            try:
-                self._buffer += await self.process.stdout.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                raise ConformanceFailure("peer process exited") from None
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
+        return await self.child.line()
 
     async def next_done(self, timeout: float) -> str | None:
         """The next request ID the peer reported done, or ``None`` after ``timeout`` seconds."""

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 
 import anyio
-import anyio.abc
 
+from hybridxfer._child import ChildLines, open_child
 from hybridxfer.layout import loads_layout
 from hybridxfer.plan import compile_plan, contiguous_block_tables
 from hybridxfer.testing._checks import ConformanceFailure
@@ -55,20 +54,16 @@ block = { logical = "equalise", align = 16, kernel = 16 }
 class HybridRank:
     """A running ``_hybrid_peer`` process and the metadata it published."""
 
-    def __init__(self, process: anyio.abc.Process) -> None:
-        self.process = process
-        self.metadata = b""
-        self._buffer = b""
+    def __init__(self, child: ChildLines, metadata: bytes) -> None:
+        self.child = child
+        self.metadata = metadata
 
     async def line(self) -> str:
-        assert self.process.stdout is not None
-        while b"\n" not in self._buffer:
-            try:
-                self._buffer += await self.process.stdout.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                raise ConformanceFailure("hybrid peer process exited") from None
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
+        return await self.child.line()
+
+
+def _exited(status: int | None) -> Exception:
+    return ConformanceFailure(f"hybrid peer process exited (status {status})")
 
 
 @contextlib.asynccontextmanager
@@ -78,20 +73,12 @@ async def spawn_hybrid_rank(layout_text: str, *, tp: int, rank: int, tokens: int
     argv = [sys.executable, "-m", "hybridxfer.testing._hybrid_peer", "--layout", "-", "--layout-text", layout_text,
             "--tp", str(tp), "--rank", str(rank), "--tokens", str(tokens), "--transport", transport,
             "--options", json.dumps(dict(options)), "--name", f"hybrid-p{rank}"]
-    process = await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
-    try:
-        peer = HybridRank(process)
+    async with open_child(argv, _exited) as child:
         with anyio.fail_after(start_timeout):
-            line = await peer.line()
+            line = await child.line()
         if not line.startswith("META "):
             raise ConformanceFailure(f"hybrid peer printed {line!r} instead of its metadata")
-        peer.metadata = bytes.fromhex(line[5:])
-        yield peer
-    finally:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
+        yield HybridRank(child, bytes.fromhex(line[5:]))
 
 
 async def _one_pairing(transport: str, options: Mapping[str, object], src_tp: int, dst_tp: int,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import anyio
 
@@ -19,29 +18,21 @@ __all__ = ["main", "serve_rank"]
 
 
 async def serve_rank(layout_text: str, *, tp: int, rank: int, tokens: int, transport: str,
-                     options: dict[str, object], name: str, requests: int = 1,
-                     ready: object = None) -> None:
+                     options: dict[str, object], name: str) -> None:
+    """Serve one synthetic request of ``tokens`` tokens as P rank ``rank`` of ``tp``."""
     from hybridxfer.execute import Agent
     from hybridxfer.layout import loads_layout
+    from hybridxfer.testing._peer_process import announce_and_serve
     from hybridxfer.testing.synthetic import blocks_for, source_memory
 
     layout = loads_layout(layout_text)
-    rank_layout = layout.for_rank(tp, rank, num_blocks=blocks_for(layout, tp, tokens, requests=requests, rank=rank))
+    rank_layout = layout.for_rank(tp, rank, num_blocks=blocks_for(layout, tp, tokens, rank=rank))
     memory = source_memory(rank_layout, tokens)
     async with Agent(name, transport=transport, transport_options=options, role="prefill",
                      rank=rank, tp_size=tp, layout=rank_layout) as agent:
         for region in rank_layout.region_names:
             await agent.register(region, memory[region])
-        print("META", agent.metadata().hex(), flush=True)
-        async with anyio.create_task_group() as tg:
-
-            async def report() -> None:
-                async for done in agent.completed_requests():
-                    print("DONE", done.request_id, done.peer_name, flush=True)
-
-            tg.start_soon(report)
-            await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
-            tg.cancel_scope.cancel()
+        await announce_and_serve(agent)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["StaticLayout", "main", "pattern_bytes"]
+if TYPE_CHECKING:
+    from hybridxfer.execute import Agent
+
+__all__ = ["StaticLayout", "announce_and_serve", "main", "pattern_bytes"]
 
 _CHUNK = 1 << 20
 
@@ -55,16 +59,22 @@ async def _serve(args: argparse.Namespace) -> None:
     async with Agent(args.name, transport=args.transport, transport_options=options, role="prefill",
                      rank=args.rank, tp_size=args.tp_size, layout=layout) as agent:
         await agent.register("src", memory)
-        print("META", agent.metadata().hex(), flush=True)
-        async with anyio.create_task_group() as tg:
+        await announce_and_serve(agent)
 
-            async def report() -> None:
-                async for done in agent.completed_requests():
-                    print("DONE", done.request_id, done.peer_name, flush=True)
 
-            tg.start_soon(report)
-            await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
-            tg.cancel_scope.cancel()
+async def announce_and_serve(agent: Agent) -> None:
+    """Print ``META <hex>``, then ``DONE <request> <peer>`` per completed request, until
+    stdin closes (the parent's way to stop us without a signal)."""
+    print("META", agent.metadata().hex(), flush=True)
+    async with anyio.create_task_group() as tg:
+
+        async def report() -> None:
+            async for done in agent.completed_requests():
+                print("DONE", done.request_id, done.peer_name, flush=True)
+
+        tg.start_soon(report)
+        await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        tg.cancel_scope.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
