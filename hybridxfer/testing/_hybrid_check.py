@@ -56,6 +56,7 @@ class HybridRank:
 
     def __init__(self, child: ChildLines, metadata: bytes) -> None:
         self.child = child
+        self.process = child.process
         self.metadata = metadata
 
     async def line(self) -> str:
