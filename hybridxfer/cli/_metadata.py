@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import anyio.abc
 import attrs
 
 from hybridxfer.errors import AuthenticationError, ConnectError, ProtocolError
+from hybridxfer.transport.tcp._transport import is_loopback
 
 __all__ = ["Endpoint", "RankMetadata", "fetch_metadata", "is_loopback", "parse_endpoint", "read_secret",
            "serve_metadata"]
@@ -69,15 +69,6 @@ def parse_endpoint(text: str) -> Endpoint:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT")
     return Endpoint(host, int(port))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def read_secret(secret_file: str | None) -> bytes:

@@ -1,4 +1,4 @@
-"""Non-blocking socket I/O on the event loop, zero-copy in both directions.
+"""Socket I/O for the TCP transport, zero-copy in both directions.
 
 Why raw sockets rather than anyio streams: a stream's ``receive()`` returns fresh
 ``bytes`` (one extra copy of every payload byte); here the receiver ``recv_into`` /
@@ -7,6 +7,10 @@ of registered memory. Each call first *tries* the syscall and only waits for rea
 on ``EAGAIN``, so a busy stream costs one syscall per kernel buffer's worth of data, not
 an event-loop round trip per chunk. Each wait is bounded by ``stall_timeout``: a peer that
 makes no progress for that long is treated as dead (``TimeoutError``).
+
+Sends and control frames run non-blocking on the event loop; a READ reply's payload is
+received on a worker thread (:func:`recv_runs_in_thread`), which measured 5-15 % faster here
+and lets replies from several P ranks land in parallel.
 
 Cancellation: any of these may stop part-way; the caller must then treat the socket's
 stream position as unknown and close it.
@@ -26,7 +30,7 @@ import numpy.typing as npt
 
 from hybridxfer.errors import BrokenTransportError
 
-__all__ = ["IOV_MAX", "recv_exactly", "recv_into_views", "recv_runs", "recv_runs_in_thread", "send_runs", "send_views"]
+__all__ = ["IOV_MAX", "recv_exactly", "recv_into_views", "recv_runs_in_thread", "send_runs", "send_views"]
 
 Int64Array = npt.NDArray[np.int64]
 
@@ -67,6 +71,29 @@ def _ends(views: Sequence[memoryview]) -> list[int]:
     return ends
 
 
+def _recv_step(sock: socket.socket, views: Sequence[memoryview], ends: list[int], pos: int) -> int:
+    """One scatter receive into ``views`` from byte ``pos`` on; returns the bytes received.
+
+    ``BlockingIOError`` (non-blocking socket, nothing ready) and ``TimeoutError`` (blocking
+    socket, stalled peer) pass through for the caller's own waiting policy.
+    """
+    i = bisect.bisect_right(ends, pos)
+    start = ends[i - 1] if i else 0
+    first = views[i][pos - start :]
+    try:
+        if i + 1 == len(views):
+            n = sock.recv_into(first)
+        else:
+            n = sock.recvmsg_into([first, *views[i + 1 : i + IOV_MAX]])[0]
+    except (BlockingIOError, TimeoutError):
+        raise
+    except OSError as exc:
+        raise BrokenTransportError(f"receive failed: {exc}") from exc
+    if n == 0:
+        raise BrokenTransportError(f"peer closed the connection after {pos} of {ends[-1]} bytes")
+    return n
+
+
 async def recv_into_views(
     sock: socket.socket, views: Sequence[memoryview], stall_timeout: float | None
 ) -> None:
@@ -83,23 +110,11 @@ async def recv_into_views(
             spins = 0
             await anyio.lowlevel.checkpoint()
         spins += 1
-        i = bisect.bisect_right(ends, pos)
-        start = ends[i - 1] if i else 0
-        first = views[i][pos - start :]
         try:
-            if i + 1 == len(views):
-                n = sock.recv_into(first)
-            else:
-                n = sock.recvmsg_into([first, *views[i + 1 : i + IOV_MAX]])[0]
+            pos += _recv_step(sock, views, ends, pos)
         except BlockingIOError:
             await _wait_readable(sock, stall_timeout)
             spins = 0
-            continue
-        except OSError as exc:
-            raise BrokenTransportError(f"receive failed: {exc}") from exc
-        if n == 0:
-            raise BrokenTransportError(f"peer closed the connection after {pos} of {total} bytes")
-        pos += n
     # Even when every byte was already buffered, give other tasks (and cancellation) a turn.
     await anyio.lowlevel.checkpoint()
 
@@ -157,25 +172,13 @@ async def send_runs(
         await send_views(sock, _chunk_views(region_views, r, s, e, a, a + IOV_MAX), stall_timeout)
 
 
-async def recv_runs(
-    sock: socket.socket,
-    region_views: Sequence[memoryview],
-    runs: tuple[Int64Array, Int64Array, Int64Array],
-    stall_timeout: float | None,
-) -> None:
-    """Receive into (region, offset, length) runs of registered memory, chunk by chunk."""
-    region, offset, length = runs
-    r, s, e = region.tolist(), offset.tolist(), (offset + length).tolist()
-    for a in range(0, len(r), IOV_MAX):
-        await recv_into_views(sock, _chunk_views(region_views, r, s, e, a, a + IOV_MAX), stall_timeout)
-
-
 def _recv_runs_blocking(
     sock: socket.socket,
     region_views: Sequence[memoryview],
     runs: tuple[Int64Array, Int64Array, Int64Array],
 ) -> None:
-    """:func:`recv_runs` for a worker thread: the socket is in blocking mode with a timeout."""
+    """Receive into (region, offset, length) runs of registered memory, ``IOV_MAX`` views at a
+    time, on a worker thread: the socket is in blocking mode with the stall timeout."""
     region, offset, length = runs
     r, s, e = region.tolist(), offset.tolist(), (offset + length).tolist()
     for a in range(0, len(r), IOV_MAX):
@@ -184,21 +187,7 @@ def _recv_runs_blocking(
         total = ends[-1] if ends else 0
         pos = 0
         while pos < total:
-            i = bisect.bisect_right(ends, pos)
-            start = ends[i - 1] if i else 0
-            first = views[i][pos - start :]
-            try:
-                if i + 1 == len(views):
-                    n = sock.recv_into(first)
-                else:
-                    n = sock.recvmsg_into([first, *views[i + 1 : i + IOV_MAX]])[0]
-            except TimeoutError:
-                raise
-            except OSError as exc:
-                raise BrokenTransportError(f"receive failed: {exc}") from exc
-            if n == 0:
-                raise BrokenTransportError(f"peer closed the connection after {pos} of {total} bytes")
-            pos += n
+            pos += _recv_step(sock, views, ends, pos)
 
 
 async def recv_runs_in_thread(
@@ -207,7 +196,7 @@ async def recv_runs_in_thread(
     runs: tuple[Int64Array, Int64Array, Int64Array],
     stall_timeout: float | None,
 ) -> None:
-    """:func:`recv_runs` on a worker thread, so reads from several peers proceed in parallel
+    """Receive a READ reply into its runs on a worker thread, so reads from several peers proceed in parallel
     (``recv_into`` releases the GIL) and the event loop stays free.
 
     Cancellation shuts the socket down, which wakes the thread, and waits (shielded, a few

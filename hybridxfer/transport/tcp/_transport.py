@@ -38,7 +38,8 @@ _METADATA_VERSION = 1
 SECRET_ENV = "HYBRIDXFER_SECRET"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (no secret needed to listen there)."""
     if host == "localhost":
         return True
     try:
@@ -76,7 +77,7 @@ class TcpTransport:
     ) -> None:
         raw = secret if secret is not None else os.environ.get(SECRET_ENV)
         self._secret = raw.encode() if isinstance(raw, str) else (raw or b"")
-        if not self._secret and not _is_loopback(host):
+        if not self._secret and not is_loopback(host):
             raise AuthenticationError(
                 f"refusing to listen on {host} without a shared secret: pass secret= or set {SECRET_ENV}"
             )
