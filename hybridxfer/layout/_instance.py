@@ -171,7 +171,6 @@ class RankLayout:
         if problems:
             raise LayoutError(problems)
 
-        slabs = {r.name: r.slabs for r in layout.regions}
         page_of = {r.name: pages[i] for i, r in enumerate(layout.regions)}
         placements = tuple(
             PlacedPiece(

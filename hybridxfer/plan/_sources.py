@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import attrs
 
-from hybridxfer.layout import Piece, owned_units
+from hybridxfer.layout import Piece
 
 __all__ = ["Interval", "natural_sources", "shard_intervals"]
 

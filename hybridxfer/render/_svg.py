@@ -151,7 +151,7 @@ class Canvas:
         defs = ('<defs><pattern id="pad" width="6" height="6" patternUnits="userSpaceOnUse" '
                 'patternTransform="rotate(45)"><rect width="6" height="6" fill="#ececec"/>'
                 '<line x1="0" y1="0" x2="0" y2="6" stroke="#c4c4c4" stroke-width="2"/></pattern></defs>')
-        bg = f'<rect width="100%" height="100%" fill="#ffffff"/>'
+        bg = '<rect width="100%" height="100%" fill="#ffffff"/>'
         return "\n".join([head, defs, bg, *self._items, "</svg>", ""])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import anyio
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--options", default="{}")
     parser.add_argument("--name", default="")
     args = parser.parse_args(argv)
-    text = args.layout_text if args.layout == "-" else open(args.layout, encoding="utf-8").read()
+    text = args.layout_text if args.layout == "-" else Path(args.layout).read_text(encoding="utf-8")
     anyio.run(lambda: serve_rank(text, tp=args.tp, rank=args.rank, tokens=args.tokens, transport=args.transport,
                                  options=json.loads(args.options), name=args.name or f"p{args.rank}"))
 
