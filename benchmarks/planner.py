@@ -1,4 +1,4 @@
-"""Thin script for issue 3 point 5: ``python benchmarks/planner.py [--repeats N]``.
+"""Thin script for the planner benchmark: ``python benchmarks/planner.py [--repeats N]``.
 
 Runs only the planner benchmark (compile + bind for nemotron-3-nano-30b-a3b, 128k
 tokens, P1->D4 and P4->D2, with and without coalescing, beside a per-descriptor loop).

@@ -7,22 +7,34 @@ translated at the transport boundary and kept as ``__cause__``::
     ├── LayoutError                 a layout file or value is wrong (every problem at once)
     ├── IncompatibleLayoutsError    P and D layouts cannot be paired (model, dtype, TP, geometry)
     ├── BlockIdError                block IDs of a request are out of range, duplicated, mismatched
+    ├── RegistrationError           memory cannot be registered (twice, not contiguous, wrong kind)
     ├── TransportNotFoundError      no transport registered under that name
     ├── UnsupportedModelError       (hybridxfer.hf) a config.json of an unknown architecture
     ├── RenderError                 (hybridxfer.render) a picture could not be written
     └── TransportError              something went wrong moving bytes
         ├── ConnectError            could not reach or handshake with a peer
         │   └── AuthenticationError the peer refused our secret (or we refused theirs)
+        ├── NotStartedError         used before it was started (``async with``)
         ├── ClosedTransportError    used after ``aclose()``
         ├── BrokenTransportError    the connection died; the transport must be reconnected
+        │   ├── PeerGoneError       the peer left the cluster directory (raised by discovery)
+        │   └── PeerRestartedError  the peer at that address is another incarnation now
         ├── ProtocolError           a peer sent a malformed or unexpected frame
         └── TransferError           a transfer failed; says which request/rank/blocks
-            ├── TransferTimeout     a transfer did not finish within its deadline
+            ├── TransferTimeout     a transfer did not finish within its deadline (a ``TimeoutError``)
             └── RequestFailed       (hybridxfer.engine) a pull failed; carries the failure record
 
 Why a tree: callers catch the level they can act on — an engine recomputes on
 ``TransferError`` and re-handshakes on ``BrokenTransportError``; a CLI prints any
-``HybridXferError`` without a traceback.
+``HybridXferError`` without a traceback. Each layer keeps the most specific class it can
+and chains the error it translated as ``__cause__``: a transport's read raises
+``BrokenTransportError`` when its connection died, and the executor's ``TransferError``
+for the request (``TransferTimeout`` stays one) carries it as ``__cause__``.
+
+Two classes also derive from a builtin so that code written against the builtin keeps
+working: ``TransferTimeout`` is a ``TimeoutError`` (what ``anyio.fail_after`` raises) and
+``RegistrationError`` is a ``ValueError`` (what registering bad memory raised before it had
+a class of its own).
 """
 
 from __future__ import annotations
@@ -41,7 +53,11 @@ __all__ = [
     "IncompatibleLayoutsError",
     "LayoutError",
     "LayoutProblem",
+    "NotStartedError",
+    "PeerGoneError",
+    "PeerRestartedError",
     "ProtocolError",
+    "RegistrationError",
     "TransferError",
     "TransferTimeout",
     "TransportError",
@@ -95,6 +111,11 @@ class BlockIdError(HybridXferError):
     """A request's block IDs are invalid for the layout (range, duplicates, counts)."""
 
 
+class RegistrationError(HybridXferError, ValueError):
+    """Memory cannot be registered: its name is taken, it is not one contiguous writable
+    range, or the transport cannot address its kind. Nothing was registered."""
+
+
 class TransportNotFoundError(HybridXferError):
     """No transport is registered under the requested name."""
 
@@ -111,12 +132,41 @@ class AuthenticationError(ConnectError):
     """The shared secret did not match; nothing was served."""
 
 
+class NotStartedError(TransportError):
+    """The transport (or agent) was used before it was started with ``async with``.
+
+    Distinct from :class:`ClosedTransportError`: the fix is to enter the object, not to
+    open a new one."""
+
+
 class ClosedTransportError(TransportError):
     """The transport (or agent) was used after ``aclose()``."""
 
 
 class BrokenTransportError(TransportError):
     """The connection to a peer died; further use needs a reconnect."""
+
+
+class PeerGoneError(BrokenTransportError):
+    """A peer left the cluster directory (its lease expired, it withdrew, or it restarted as
+    another incarnation) while something still depended on it."""
+
+
+class PeerRestartedError(BrokenTransportError):
+    """The peer reached at a known address is not the one we handshook with: it restarted
+    (another process, another incarnation) and its memory is not the memory our plans were
+    bound to. Raised before any byte is read from the new peer.
+
+    ``old_incarnation`` is the one the handshake saw, ``new_incarnation`` the one that
+    answers now (empty when only the transport could tell the two apart).
+    """
+
+    def __init__(self, message: str, *, peer: str, old_incarnation: str, new_incarnation: str) -> None:
+        self.peer = peer
+        self.old_incarnation = old_incarnation
+        self.new_incarnation = new_incarnation
+        super().__init__(f"{message}: peer {peer!r} was incarnation {old_incarnation!r}, "
+                         f"is now {new_incarnation!r}")
 
 
 class ProtocolError(TransportError):
@@ -153,5 +203,8 @@ class TransferError(TransportError):
         super().__init__("; ".join(parts))
 
 
-class TransferTimeout(TransferError):
-    """A transfer did not complete within its deadline; the peer may be stalled."""
+class TransferTimeout(TransferError, TimeoutError):
+    """A transfer did not complete within its deadline; the peer may be stalled.
+
+    Also a ``TimeoutError``, so ``except TimeoutError`` around a deadline catches it too.
+    """

@@ -1,4 +1,4 @@
-"""Shared fixtures: where the repository's layout files and the shared model data live."""
+"""Fixtures for the whole suite: where the repository and its layout files are."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import anyio.abc
 from hybridxfer.engine import DecodeConnector, PrefillConnector, RequestFailed
 from hybridxfer.layout import RankLayout, load_layout
 from hybridxfer.plan import compile_plan, contiguous_block_tables
-from hybridxfer.testing.synthetic import (
+from hybridxfer.synthetic import (
     blocks_for,
     destination_memory,
     expected_destination,

@@ -1,5 +1,5 @@
 """A complete, minimal hybridxfer transport: peers are other ``MemoryTransport``s in
-this process, and a read is a bounds check plus a numpy copy per row.
+this process, and a read is the shared bounds check plus a numpy copy per row.
 
 It is the example of ``docs/writing-a-transport.md`` and passes the in-process
 conformance suite (``tests/docs/test_example_transport.py`` runs it). A real transport
@@ -21,13 +21,20 @@ import numpy as np
 import numpy.typing as npt
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from hybridxfer.errors import ClosedTransportError, ConnectError, TransferError
+from hybridxfer.errors import (
+    ClosedTransportError,
+    ConnectError,
+    NotStartedError,
+    RegistrationError,
+    TransferError,
+)
 from hybridxfer.transport import (
+    Descriptors,
     MemoryRegion,
     Notification,
     PeerHandle,
-    ReadBatch,
     TransportCapabilities,
+    check_bounds,
 )
 
 __all__ = ["MemoryPeer", "MemoryTransport"]
@@ -91,9 +98,9 @@ class MemoryTransport:
         self._check_open()
         for region in regions:
             if region.kind != "host":
-                raise ValueError(f"memory transport handles host memory only, not {region.kind}")
+                raise RegistrationError(f"memory transport handles host memory only, not {region.kind}")
             if any(r.name == region.name for r in self.regions):
-                raise ValueError(f"region {region.name!r} is already registered")
+                raise RegistrationError(f"region {region.name!r} is already registered")
             raw = (ctypes.c_uint8 * region.length).from_address(region.address)
             self._views.append(np.ctypeslib.as_array(raw))
             self.regions.append(region)
@@ -118,10 +125,11 @@ class MemoryTransport:
         await anyio.lowlevel.checkpoint()
         return MemoryPeer(target)
 
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         """Copy every row from the peer into our regions.
 
-        Every row is checked first; one bad row refuses the whole batch, nothing copied.
+        Every row is checked first (``check_bounds``, the check every transport shares);
+        one bad row refuses the whole batch with ``TransferError``, nothing copied.
         Cancellation: rows before the last checkpoint are copied, later ones are not
         (the destination is undefined); the transport stays usable.
         """
@@ -131,10 +139,8 @@ class MemoryTransport:
         target = peer.target
         if target._closed:
             raise TransferError(f"peer {target.agent_name!r} is closed")
-        problem = (_out_of_bounds(batch.src_region, batch.src_offset, batch.length, target.regions)
-                   or _out_of_bounds(batch.dst_region, batch.dst_offset, batch.length, self.regions))
-        if problem:
-            raise TransferError(f"read refused, no bytes moved: {problem}")
+        check_bounds(batch, src_lengths=[r.length for r in target.regions],
+                     dst_lengths=[r.length for r in self.regions])
         # (3) A real transport posts the rows to its wire here.
         rows = zip(batch.src_region.tolist(), batch.src_offset.tolist(), batch.dst_region.tolist(),
                    batch.dst_offset.tolist(), batch.length.tolist(), strict=True)
@@ -159,7 +165,7 @@ class MemoryTransport:
     async def next_notification(self) -> Notification:
         self._check_open()
         if self._receive is None:
-            raise ClosedTransportError("memory transport was never entered")
+            raise NotStartedError("memory transport was never entered")
         try:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError) as exc:
@@ -175,17 +181,3 @@ class MemoryTransport:
             self._receive.close()
         await anyio.lowlevel.checkpoint()
 
-
-def _out_of_bounds(region: npt.NDArray[np.int64], offset: npt.NDArray[np.int64], length: npt.NDArray[np.int64],
-                   regions: Sequence[MemoryRegion]) -> str | None:
-    """The first rule a batch breaks on one side, or None. Vectorised: no loop per row."""
-    if len(length) == 0:
-        return None
-    sizes = np.array([r.length for r in regions] or [0], dtype=np.int64)
-    if (region < 0).any() or (region >= len(regions)).any():
-        return f"region index outside 0..{len(regions) - 1}"
-    if (offset < 0).any() or (length < 0).any():
-        return "negative offset or length"
-    if (offset > sizes[region] - length).any():  # written so it cannot overflow int64
-        return "a row ends past its region"
-    return None

@@ -1,6 +1,6 @@
 """``hybridxfer bench``: the command line over the harness.
 
-Modes: default (full matrix from issue 7), ``--quick`` (CI smoke: tiny requests, one
+Modes: default (the full matrix: every transport, layout, TP pair and size), ``--quick`` (CI smoke: tiny requests, one
 layout, asserts nothing about time; verifies every byte of the largest request), and
 filters (``--transports``, ``--layouts``, ``--pairs``, ``--tokens``) to run a slice.
 ``--json`` prints ``{"cases": [...], "planner": [...]}``; otherwise Markdown tables.

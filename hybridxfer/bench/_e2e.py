@@ -30,11 +30,10 @@ import numpy.typing as npt
 
 from hybridxfer.bench import _raw
 from hybridxfer.bench._results import CaseResult, spread
-from hybridxfer.execute import Agent, Peer
+from hybridxfer.execute import Agent, AgentInfo, Peer
 from hybridxfer.layout import RankLayout, load_layout
-from hybridxfer.plan import SourceReads, TransferPlan, compile_plan, contiguous_block_tables
-from hybridxfer.plan._template import _compile_cached
-from hybridxfer.testing.synthetic import blocks_for, destination_memory, expected_destination, mismatches
+from hybridxfer.plan import Descriptors, TransferPlan, compile_plan, contiguous_block_tables
+from hybridxfer.synthetic import blocks_for, destination_memory, expected_destination, mismatches
 
 __all__ = ["Group", "duplicate_bytes", "run_group"]
 
@@ -125,14 +124,10 @@ def _shift(tables: dict[str, list[int]], by: int) -> dict[str, list[int]]:
     return {g: [b + by for b in ids] for g, ids in tables.items()}
 
 
-def _merge(plans: Sequence[TransferPlan]) -> list[SourceReads]:
-    by_rank: dict[int, list[SourceReads]] = {}
-    for plan in plans:
-        for rd in plan.reads:
-            by_rank.setdefault(rd.src_rank, []).append(rd)
-    return [SourceReads(rank, *(np.concatenate([getattr(r, f) for r in rds])
-                                for f in ("src_region", "src_offset", "dst_region", "dst_offset", "length")))
-            for rank, rds in sorted(by_rank.items())]
+def _merge(plans: Sequence[TransferPlan]) -> list[Descriptors]:
+    """Every plan's rows, one table per source rank, in rank order."""
+    merged = Descriptors.concat([plan.descriptors for plan in plans])
+    return [part for _, part in sorted(merged.by_source().items())]
 
 
 class _Ceiling:
@@ -143,17 +138,19 @@ class _Ceiling:
         self.transport, self.procs, self.memory, self.tmp = transport, procs, memory, tmp
         self._nixl, self._eh = nixl, error_handling
         self._sockets: list[tuple[socket.socket, list[memoryview]]] = []
-        self._ucxx: Any = None
+        self._ucxx: Any = None  # the plugin's RawReceiver
         self._ucxx_views: list[tuple[int, list[memoryview]]] = []
+        self._reader: Any = None  # a plugin's raw reader (mooncake: RawMooncakeReader), needs no P help
 
     @property
     def name(self) -> str:
-        return {"tcp": "raw-socket", "nixl": "raw-nixl", "ucxx": "raw-ucxx"}[self.transport]
+        return {"tcp": "raw-socket", "nixl": "raw-nixl", "ucxx": "raw-ucxx",
+                "mooncake": "raw-mooncake"}[self.transport]
 
-    async def setup(self, reads: Sequence[SourceReads]) -> None:
+    async def setup(self, reads: Sequence[Descriptors]) -> None:
         for rd in reads:
-            proc = self.procs[rd.src_rank]
-            path = self.tmp / f"desc-{rd.src_rank}.npy"
+            proc = self.procs[rd.source_rank]
+            path = self.tmp / f"desc-{rd.source_rank}.npy"
             np.save(path, np.stack([rd.src_region, rd.src_offset, rd.length], axis=1))
             if self.transport == "tcp":
                 await proc.send(f"RAW socket {path}")
@@ -167,14 +164,17 @@ class _Ceiling:
                     await proc.send("RAW nixl")
                     proc.nixl_meta = (await proc.line("RAWREADY "))[0]
                 self._nixl[0].prepare(proc.nixl_meta, proc.bases, rd)
+            elif self.transport == "mooncake":
+                if self._reader is None:
+                    self._reader = _raw.raw_plugin("mooncake").RawMooncakeReader(self.memory)
+                self._reader.prepare(AgentInfo.from_bytes(proc.meta).transport_metadata, rd)
             else:
-                from hybridxfer_ucxx._context import ucxx_module
-
-                self._ucxx = ucxx_module()
-                address = bytes(self._ucxx.get_worker_address().tobytes()).hex()
-                await proc.send(f"RAW ucxx {path} {address} {_TAG + rd.src_rank} {int(self._eh)}")
+                if self._ucxx is None:
+                    self._ucxx = _raw.raw_plugin("ucxx").RawReceiver()
+                address = self._ucxx.address
+                await proc.send(f"RAW ucxx {path} {address} {_TAG + rd.source_rank} {int(self._eh)}")
                 await proc.line("RAWREADY")
-                self._ucxx_views.append((rd.src_rank, _raw.dst_views(rd, self.memory)))
+                self._ucxx_views.append((rd.source_rank, _raw.dst_views(rd, self.memory)))
 
     async def run_once(self) -> float:
         t0 = time.perf_counter()
@@ -184,13 +184,14 @@ class _Ceiling:
                     tg.start_soon(anyio.to_thread.run_sync, _raw.socket_receive, sock, views)
         elif self.transport == "nixl":
             await anyio.to_thread.run_sync(self._nixl[0].read_all)
+        elif self.transport == "mooncake":
+            await anyio.to_thread.run_sync(self._reader.read_all)
         else:
-            futures = [f for rank, views in self._ucxx_views
-                       for f in _raw.ucxx_receives(self._ucxx, views, _TAG + rank)]
+            posted = [f for rank, views in self._ucxx_views for f in self._ucxx.post(views, _TAG + rank)]
             t0 = time.perf_counter()
             for rank, _ in self._ucxx_views:
                 await self.procs[rank].send("GO")
-            await _raw.gather(futures)
+            await self._ucxx.wait(posted)
         return time.perf_counter() - t0
 
     async def teardown(self) -> None:
@@ -198,6 +199,8 @@ class _Ceiling:
             sock.close()
         if self._nixl:
             self._nixl[0].release()
+        if self._reader is not None:
+            self._reader.close()
         for rank, _ in self._ucxx_views:
             await self.procs[rank].send("STOP")
             await self.procs[rank].line("STOPPED")
@@ -230,7 +233,7 @@ async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[_
             c0 = time.perf_counter()
             _raw.memcpy_once(scratch, merged, memory)
             c1 = time.perf_counter()
-            _compile_cached.__wrapped__(src_layouts, dst, True)
+            compile_plan(src_layouts, dst, cache=False)
             c2 = time.perf_counter()
             executables = []
             bind = prep = 0.0

@@ -24,10 +24,16 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 import anyio
 import numpy as np
 import numpy.typing as npt
+
+from hybridxfer.bench._raw import raw_plugin
+from hybridxfer.execute import Agent
+from hybridxfer.layout import load_layout
+from hybridxfer.synthetic import source_memory
 
 __all__ = ["main"]
 
@@ -79,10 +85,6 @@ def _nixl_target(memory: list[U8], stop: threading.Event) -> str:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from hybridxfer.execute import Agent
-    from hybridxfer.layout import load_layout
-    from hybridxfer.testing.synthetic import source_memory
-
     layout = load_layout(args.layout)
     rl = layout.for_rank(args.tp, args.rank, num_blocks=args.blocks)
     if args.verify:
@@ -113,7 +115,7 @@ async def _serve(args: argparse.Namespace) -> None:
 async def _commands(memory: list[U8]) -> None:
     stop = threading.Event()
     ucxx_views: list[memoryview] = []
-    ucxx_ep: object = None
+    ucxx_sender: Any = None  # the plugin's RawSender
     tag = 0
     while True:
         line = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
@@ -131,24 +133,17 @@ async def _commands(memory: list[U8]) -> None:
             stop = threading.Event()
             print("RAWREADY", _nixl_target(memory, stop), flush=True)
         elif cmd[:2] == ["RAW", "ucxx"]:
-            from hybridxfer_ucxx._context import ucxx_module
-
-            ucxx = ucxx_module()
             ucxx_views = _ranges(memory, cmd[2])
             tag = int(cmd[4])
-            ucxx_ep = await ucxx.create_endpoint_from_worker_address(
-                ucxx.get_ucx_address_from_buffer(bytes.fromhex(cmd[3])), endpoint_error_handling=cmd[5] == "1")
+            ucxx_sender = await raw_plugin("ucxx").RawSender.connect(cmd[3], error_handling=cmd[5] == "1")
             print("RAWREADY", flush=True)
-        elif cmd == ["GO"] and ucxx_ep is not None:
-            import asyncio
-
-            send = ucxx_ep.send  # type: ignore[attr-defined]
-            await asyncio.gather(*(send(v, tag=tag, force_tag=True) for v in ucxx_views))
+        elif cmd == ["GO"] and ucxx_sender is not None:
+            await ucxx_sender.send(ucxx_views, tag)
         elif cmd == ["STOP"]:
             stop.set()
-            if ucxx_ep is not None:
-                ucxx_ep.abort()  # type: ignore[attr-defined]
-                ucxx_ep = None
+            if ucxx_sender is not None:
+                ucxx_sender.close()
+                ucxx_sender = None
             print("STOPPED", flush=True)
 
 

@@ -1,4 +1,4 @@
-"""Planner benchmark (issue 3 point 5): compile + bind against a per-descriptor loop.
+"""Planner benchmark: compile + bind against a per-descriptor loop.
 
 For each TP pairing it times, in one interleaved loop so both see the same machine load:
 an uncached ``compile`` and a ``bind`` with and without coalescing, and the plain Python
@@ -9,6 +9,7 @@ describe the same bytes (after canonical merging) — otherwise the speed-up mea
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +17,22 @@ import numpy.typing as npt
 
 from hybridxfer.bench._reference import canonical, reference_descriptors
 from hybridxfer.bench._results import PlannerResult, spread
-from hybridxfer.layout import load_layout
-from hybridxfer.plan import TransferPlan, contiguous_block_tables
-from hybridxfer.plan._template import PlanTemplate, _compile_cached
-from hybridxfer.testing.synthetic import blocks_for
+from hybridxfer.layout import RankLayout, load_layout
+from hybridxfer.plan import PlanTemplate, TransferPlan, compile_plan, contiguous_block_tables
+from hybridxfer.synthetic import blocks_for
 
 __all__ = ["plan_rows", "run_planner_benchmark"]
 
 
 def plan_rows(plan: TransferPlan) -> npt.NDArray[np.int64]:
     """The plan's descriptors as an (n, 6) array: rank, src region/offset, dst region/offset, length."""
-    parts = [np.stack([np.full(len(r), r.src_rank, dtype=np.int64), r.src_region, r.src_offset,
-                       r.dst_region, r.dst_offset, r.length], axis=1) for r in plan.reads]
-    return np.concatenate(parts) if parts else np.zeros((0, 6), dtype=np.int64)
+    d = plan.descriptors
+    return np.stack([d.src_rank, d.src_region, d.src_offset, d.dst_region, d.dst_offset, d.length], axis=1)
 
 
-def _compile_cold(src: tuple[object, ...], dst: object, coalesce: bool) -> PlanTemplate:
+def _compile_cold(src: Sequence[RankLayout], dst: RankLayout, coalesce: bool) -> PlanTemplate:
     # bypass the per-pair cache: we measure what the first request of a pair pays
-    return _compile_cached.__wrapped__(src, dst, coalesce)
+    return compile_plan(src, dst, coalesce=coalesce, cache=False)
 
 
 def run_planner_benchmark(layout_path: Path, pairs: list[tuple[int, int]], tokens: int,

@@ -4,33 +4,38 @@ Every function takes the plan's coalesced descriptors for one source rank and D'
 registered arrays, so the raw path writes exactly where hybridxfer writes. Raw paths
 have no planning, no framing, no notification and no event-loop hops beyond what the
 API itself needs: what is left between them and hybridxfer is hybridxfer's overhead.
+A plugin brings its own raw path through the ``hybridxfer.bench.raw`` entry-point group
+(:func:`raw_plugin`; hybridxfer-ucxx registers ``ucxx``), so this module never imports one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from hybridxfer.plan import SourceReads
+from hybridxfer.descriptors import Descriptors
 
-__all__ = ["NixlInitiator", "memcpy_once", "socket_receive", "ucxx_receives"]
+__all__ = ["NixlInitiator", "dst_views", "memcpy_once", "raw_plugin", "socket_receive"]
+
+#: Entry-point group of plugins' raw paths, keyed by transport name.
+RAW_GROUP = "hybridxfer.bench.raw"
 
 U8 = npt.NDArray[np.uint8]
 
 
-def dst_views(reads: SourceReads, memory: Sequence[U8]) -> list[memoryview]:
+def dst_views(reads: Descriptors, memory: Sequence[U8]) -> list[memoryview]:
     return [memory[int(r)][int(o):int(o) + int(n)].data
             for r, o, n in zip(reads.dst_region.tolist(), reads.dst_offset.tolist(), reads.length.tolist(),
                                strict=True)]
 
 
-def memcpy_once(scratch: U8, reads: Sequence[SourceReads], memory: Sequence[U8]) -> None:
+def memcpy_once(scratch: U8, reads: Sequence[Descriptors], memory: Sequence[U8]) -> None:
     """numpy copies of the same destination ranges from one contiguous source."""
     pos = 0
     for rd in reads:
@@ -51,9 +56,13 @@ def socket_receive(sock: socket.socket, views: list[memoryview]) -> None:
             got += k
 
 
-def ucxx_receives(ucxx: Any, views: list[memoryview], tag: int) -> list[Any]:
-    """Post tag receives straight into the ranges (before asking P to send)."""
-    return [ucxx.recv(v, tag=tag) for v in views]
+def raw_plugin(transport: str) -> Any:
+    """The raw-path module a plugin registered for ``transport`` (e.g. ``hybridxfer_ucxx.raw``)."""
+    found = {ep.name: ep for ep in entry_points(group=RAW_GROUP)}
+    if transport not in found:
+        raise RuntimeError(f"no raw {transport} path is installed (entry-point group {RAW_GROUP!r} has "
+                           f"{sorted(found) or 'none'}); install hybridxfer-{transport}")
+    return found[transport].load()
 
 
 class NixlInitiator:
@@ -72,7 +81,7 @@ class NixlInitiator:
         self._peers: dict[str, str] = {}
         self._handles: list[Any] = []
 
-    def prepare(self, meta_hex: str, src_bases: Sequence[int], reads: SourceReads) -> None:
+    def prepare(self, meta_hex: str, src_bases: Sequence[int], reads: Descriptors) -> None:
         peer = self._peers.get(meta_hex)
         if peer is None:
             peer = self._agent.add_remote_agent(bytes.fromhex(meta_hex))
@@ -100,7 +109,3 @@ class NixlInitiator:
         for h in self._handles:
             self._agent.release_xfer_handle(h)
         self._handles.clear()
-
-
-async def gather(futures: list[Any]) -> None:
-    await asyncio.gather(*futures)

@@ -2,8 +2,8 @@
 
 Written independently of ``hybridxfer.plan`` (it shares only the layout's geometry) and
 as simply as possible: per layer, per token chunk, per sharded unit (a KV head, a block of
-conv channels, an SSM head) one descriptor, offsets in Python ints. Issue 3 asks the
-planner to beat this by 20x; :func:`canonical` lets the benchmark check that both produce
+conv channels, an SSM head) one descriptor, offsets in Python ints. The planner is
+meant to beat it by 20x; :func:`canonical` lets the benchmark check that both produce
 the same byte mapping, so the comparison is honest.
 
 Scope: pieces whose TP-sharded axis is outermost and whose token axis (if any) comes

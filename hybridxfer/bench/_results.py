@@ -105,7 +105,7 @@ class CaseResult:
 
 @attrs.frozen
 class PlannerResult:
-    """Issue 3 point 5: compile + bind beside a plain per-descriptor Python loop."""
+    """The planner's cost: compile + bind beside a plain per-descriptor Python loop."""
 
     layout: str
     src_tp: int

@@ -11,7 +11,9 @@ Grammar (whitespace ignored)::
     IDS    := ITEM { "+" ITEM }
     ITEM   := INT | INT "-" INT | "x"         inclusive range; "x" = no block (-1, outside a window)
 
-A side without a prefix applies to both P and D. Examples::
+A side without a prefix applies to both P and D. Block IDs lie below ``MAX_BLOCK_ID`` and a
+side lists at most ``MAX_BLOCK_IDS`` of them, so a typo cannot make the planner build
+tables of billions of entries. Examples::
 
     attention.0=0-3,mamba.0=4,mamba.1=5,mamba.2=6,mamba.3=7
     src:attention.0=0-3,mamba.0=4,...;dst:attention.0=10-13+20,mamba.0=30,...
@@ -21,7 +23,12 @@ from __future__ import annotations
 
 import attrs
 
-__all__ = ["BlockSpec", "parse_blocks"]
+__all__ = ["BlockSpec", "MAX_BLOCK_ID", "MAX_BLOCK_IDS", "parse_blocks"]
+
+#: Block IDs are below 2**31 (engines index blocks with int32).
+MAX_BLOCK_ID = (1 << 31) - 1
+#: The most block IDs one side of ``--blocks`` may list.
+MAX_BLOCK_IDS = 1 << 20
 
 
 @attrs.frozen
@@ -36,7 +43,7 @@ class BlockSpecError(ValueError):
     """``--blocks`` does not follow the grammar (reported as a usage error)."""
 
 
-def _ids(text: str, where: str) -> list[int]:
+def _ids(text: str, where: str, listed: int = 0) -> list[int]:
     out: list[int] = []
     for item in text.split("+"):
         item = item.strip()
@@ -50,6 +57,10 @@ def _ids(text: str, where: str) -> list[int]:
             raise BlockSpecError(f"{where}: {item!r} is not a block ID, a range A-B or 'x'") from None
         if start < 0 or stop < start:
             raise BlockSpecError(f"{where}: bad range {item!r}")
+        if stop > MAX_BLOCK_ID:
+            raise BlockSpecError(f"{where}: block ID {stop} is above the largest allowed, {MAX_BLOCK_ID}")
+        if listed + len(out) + stop - start + 1 > MAX_BLOCK_IDS:
+            raise BlockSpecError(f"{where}: more than {MAX_BLOCK_IDS:,} block IDs on one side")
         out.extend(range(start, stop + 1))
     return out
 
@@ -63,7 +74,7 @@ def _side(text: str) -> dict[str, list[int]]:
             raise BlockSpecError(f"{entry!r} is not GROUP=IDS")
         if group in table:
             raise BlockSpecError(f"group {group!r} given twice")
-        table[group] = _ids(ids, group)
+        table[group] = _ids(ids, group, sum(len(v) for v in table.values()))
     if not table:
         raise BlockSpecError("no GROUP=IDS entries")
     return table

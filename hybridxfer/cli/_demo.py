@@ -25,27 +25,30 @@ from hybridxfer.errors import TransferError
 
 __all__ = ["add_parser", "default_layout"]
 
-_DEFAULT_MODEL = "nemotron-3-nano-30b-a3b"
-
 
 def default_layout() -> Path:
-    """The shipped Nemotron-3-Nano layout (repository checkout or installed data)."""
-    here = Path(__file__).resolve().parents[2] / "layouts" / f"{_DEFAULT_MODEL}.toml"
-    return here
+    """The shipped Nemotron-3-Nano layout, found by model id (checkout or installed wheel)."""
+    from hybridxfer.cli._layouts import DEFAULT_MODEL, resolve_layout
+
+    return resolve_layout(DEFAULT_MODEL)
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="P and D ranks as processes on loopback: move, verify, report",
                        description="Move a hybrid model's cache from P ranks to D ranks (separate processes), "
                                    "verify every byte and print a summary.")
-    p.add_argument("--layout", metavar="FILE", help=f"layout file (default layouts/{_DEFAULT_MODEL}.toml)")
-    p.add_argument("--src-tp", type=int, default=1, metavar="P", help="P ranks (default 1)")
-    p.add_argument("--dst-tp", type=int, default=2, metavar="D", help="D ranks (default 2)")
+    p.add_argument("--layout", metavar="FILE|MODEL",
+                   help="layout file, or the model id of a shipped layout (default nemotron-3-nano-30b-a3b)")
+    p.add_argument("--src-tp", type=int, default=1, metavar="P", help="TP size of P: P ranks, one process each (default 1)")
+    p.add_argument("--dst-tp", type=int, default=2, metavar="D", help="TP size of D: D ranks, one process each (default 2)")
     p.add_argument("--transport", default="tcp", metavar="NAME", help="default tcp")
     p.add_argument("--tokens", type=int, default=8192, metavar="N", help="tokens per request (default 8192)")
     p.add_argument("--requests", type=int, default=1, metavar="K", help="concurrent requests (default 1)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up after S seconds")
     p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
+    from hybridxfer.cli import _demo_transformers
+
+    _demo_transformers.add_arguments(p)
     p.set_defaults(handler=_run)
 
 
@@ -54,15 +57,25 @@ def _cli(verbose: int, *argv: object) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hybridxfer.cli import UsageError
+    if args.engine == "transformers":  # a real model's cache: hybridxfer.cli._demo_transformers
+        from hybridxfer.cli import _demo_transformers
+
+        return _demo_transformers.run(args)
+    from hybridxfer.cli._usage import UsageError
     from hybridxfer.cli._progress import ProgressBar
 
-    if args.src_tp < 1 or args.dst_tp < 1 or args.tokens < 1 or args.requests < 1:
-        raise UsageError("--src-tp, --dst-tp, --tokens and --requests must be >= 1")
-    layout = Path(args.layout) if args.layout else default_layout()
-    from hybridxfer.layout import load_layout
+    from hybridxfer.cli._layouts import resolve_layout
+    from hybridxfer.cli._limits import MAX_DEMO_RANKS, MAX_REQUESTS, MAX_TOKENS
 
-    model = load_layout(layout).model  # fail fast, in this process, on a bad file
+    if args.src_tp < 1 or args.dst_tp < 1 or args.src_tp + args.dst_tp > MAX_DEMO_RANKS:
+        raise UsageError(f"--src-tp and --dst-tp must be >= 1, and at most {MAX_DEMO_RANKS} together "
+                         "(one process per rank)")
+    if not 1 <= args.tokens <= MAX_TOKENS or not 1 <= args.requests <= MAX_REQUESTS:
+        raise UsageError(f"--tokens must lie in [1, {MAX_TOKENS}] and --requests in [1, {MAX_REQUESTS}]")
+    if not 0 < args.timeout < float("inf"):
+        raise UsageError("--timeout must be a positive number of seconds")
+    layout = resolve_layout(args.layout) if args.layout else default_layout()
+    model = _check_fits(layout, args)  # fail fast, in this process, on a bad file or too little memory
     bar = ProgressBar(enabled=None if not args.json else False)
     started = time.perf_counter()
     try:
@@ -86,6 +99,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if verified else 1
 
 
+def _check_fits(layout: Path, args: argparse.Namespace) -> str:
+    """Load the layout and check that every P and D rank's memory fits here at once; the model id."""
+    from hybridxfer.cli._limits import check_memory, working_set
+    from hybridxfer.layout import load_layout
+    from hybridxfer.synthetic import blocks_for
+
+    loaded = load_layout(layout)
+    need = sum(working_set(loaded.for_rank(tp, r, num_blocks=blocks_for(
+        loaded, tp, args.tokens, requests=args.requests, rank=r)).total_bytes, args.requests)
+        for tp in (args.src_tp, args.dst_tp) for r in range(tp))
+    check_memory(need, f"demo of {args.requests} x {args.tokens} tokens on {args.src_tp} P + {args.dst_tp} D ranks")
+    return loaded.model
+
+
 async def _conduct(args: argparse.Namespace, layout: Path, bar: Any) -> list[dict[str, Any]]:
     """Start P ranks, then D ranks; release the D ranks together; collect their results."""
     children: list[ChildLines] = []
@@ -98,7 +125,8 @@ async def _conduct(args: argparse.Namespace, layout: Path, bar: Any) -> list[dic
 
     async def spawn(argv: list[str], what: str) -> ChildLines:
         def exited(status: int | None) -> Exception:
-            return TransferError(f"{what} exited (status {status}) before finishing")
+            how = f"exited with status {status}" if status is not None else "stopped"
+            return TransferError(f"{what} {how} before finishing (its error is above)")
 
         process = await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
         child = ChildLines(process, exited)

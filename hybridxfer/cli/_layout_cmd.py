@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from hybridxfer.errors import LayoutError, LayoutProblem
-from hybridxfer.layout import RankLayout, dump_layout, load_layout
+from hybridxfer.layout import Layout, RankLayout, dump_layout, load_layout
 
 __all__ = ["add_parser", "region_rows"]
 
@@ -23,30 +23,36 @@ def add_parser(sub: Any) -> None:
     lsub = layout.add_subparsers(dest="layout_command", required=True, metavar="SUBCOMMAND")
 
     check = lsub.add_parser("check", help="report every problem in layout files (exit 1 if any)")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("files", nargs="+", metavar="FILE|MODEL", help="layout files, or model ids of shipped layouts")
     check.set_defaults(handler=_check)
 
     show = lsub.add_parser("show", help="page sizes, views, offsets and padding of each rank")
-    show.add_argument("file", metavar="FILE")
-    show.add_argument("--tp", type=int, required=True, metavar="N")
+    show.add_argument("file", metavar="FILE|MODEL", help="a layout file, or the model id of a shipped layout")
+    show.add_argument("--tp", type=int, required=True, metavar="N", help="TP size to resolve the layout at")
     show.add_argument("--rank", type=int, default=None, metavar="R", help="one rank (default: every rank)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.add_argument("--svg", metavar="FILE", help="draw one rank's regions and views (--rank, default 0)")
     show.set_defaults(handler=_show)
 
     expand = lsub.add_parser("expand", help="print the explicit memory form")
-    expand.add_argument("file", metavar="FILE")
+    expand.add_argument("file", metavar="FILE|MODEL", help="a layout file, or the model id of a shipped layout")
     expand.set_defaults(handler=_expand)
 
     # Parsed by hybridxfer.hf itself (see cli.main); listed here for --help.
     lsub.add_parser("from-hf", help="derive a layout file from a Hugging Face config.json", add_help=False)
 
 
+def _load(argument: str) -> Layout:
+    from hybridxfer.cli._layouts import resolve_layout
+
+    return load_layout(resolve_layout(argument))
+
+
 def _check(args: argparse.Namespace) -> int:
     problems: list[LayoutProblem] = []
     for path in args.files:
         try:
-            load_layout(path).for_rank(1, 0, num_blocks=1)
+            _load(path).for_rank(1, 0, num_blocks=1)
         except LayoutError as exc:
             problems.extend(p if p.file else LayoutProblem(p.message, path, p.line, p.path) for p in exc.problems)
         else:
@@ -84,11 +90,11 @@ def _rank_dict(r: RankLayout) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from hybridxfer.cli import UsageError
+    from hybridxfer.cli._usage import UsageError
+    from hybridxfer.cli._limits import check_tp
 
-    layout = load_layout(args.file)
-    if args.tp < 1:
-        raise UsageError("--tp must be >= 1")
+    layout = _load(args.file)
+    check_tp(tp=args.tp)
     if args.rank is not None and not 0 <= args.rank < args.tp:
         raise UsageError(f"--rank {args.rank} is outside TP size {args.tp}")
     ranks = [args.rank] if args.rank is not None else list(range(args.tp))
@@ -113,5 +119,5 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _expand(args: argparse.Namespace) -> int:
-    sys.stdout.write(dump_layout(load_layout(args.file)))
+    sys.stdout.write(dump_layout(_load(args.file)))
     return 0

@@ -1,80 +1,16 @@
-"""Progress for long transfers: a counting transport wrapper and a one-line terminal bar.
+"""A one-line terminal progress bar for long transfers.
 
-Why a wrapper: the executor and transports report nothing until a read completes, and a
-transport must stay small (style: metrics live in wrappers). :class:`CountingTransport`
-delegates everything and, when asked for progress, splits each read into sub-batches of
-about ``step_bytes`` so the bar moves during a single large request.
+The bytes it shows come from :class:`hybridxfer.execute.CountingTransport` (``pull``'s
+progress events) — the same wrapper behind the API's per-request ``on_progress``.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
 from typing import TextIO
 
-import numpy as np
-
-from hybridxfer.transport import MemoryRegion, Notification, PeerHandle, ReadBatch, Transport, TransportCapabilities
-
-__all__ = ["CountingTransport", "ProgressBar"]
-
-
-class CountingTransport:
-    """``Transport`` that calls ``on_bytes(n)`` as reads land (see module docstring)."""
-
-    def __init__(self, inner: Transport, on_bytes: Callable[[int], None], *, step_bytes: int = 16 << 20) -> None:
-        self._inner = inner
-        self._on_bytes = on_bytes
-        self._step = step_bytes
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def capabilities(self) -> TransportCapabilities:
-        return self._inner.capabilities
-
-    async def __aenter__(self) -> CountingTransport:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._inner.__aexit__(*exc_info)
-
-    async def register(self, regions: Sequence[MemoryRegion]) -> None:
-        await self._inner.register(regions)
-
-    def local_metadata(self) -> bytes:
-        return self._inner.local_metadata()
-
-    async def connect(self, metadata: bytes) -> PeerHandle:
-        return await self._inner.connect(metadata)
-
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
-        """Sub-batches in order; cancellation leaves what the inner transport leaves."""
-        ends = np.cumsum(batch.length) if len(batch) else np.zeros(0, dtype=np.int64)
-        start = 0
-        while start < len(batch):
-            done_before = int(ends[start - 1]) if start else 0
-            stop = int(np.searchsorted(ends, done_before + self._step, side="left")) + 1
-            stop = min(max(stop, start + 1), len(batch))
-            part = batch.slice(start, stop)
-            await self._inner.read(peer, part)
-            self._on_bytes(part.total_bytes)
-            start = stop
-        if not len(batch):
-            await self._inner.read(peer, batch)
-
-    async def notify(self, peer: PeerHandle, message: bytes) -> None:
-        await self._inner.notify(peer, message)
-
-    async def next_notification(self) -> Notification:
-        return await self._inner.next_notification()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+__all__ = ["ProgressBar"]
 
 
 class ProgressBar:

@@ -13,8 +13,8 @@ See ``docs/engine-integration.md`` for a toy engine loop that the tests run.
 from __future__ import annotations
 
 from hybridxfer.engine._caches import CacheMemory, cache_nbytes
-from hybridxfer.engine._decode import DecodeConnector, DecodeStatistics, PullResult
-from hybridxfer.engine._failures import FailedRequest, FailureReason, RequestFailed
+from hybridxfer.engine._decode import DecodeConnector, DecodeStatistics, MetadataSource, PullResult
+from hybridxfer.engine._failures import FailedRequest, FailurePolicy, FailureReason, RequestFailed
 from hybridxfer.engine._prefill import FinishedRequest, PrefillConnector, PrefillStatistics, decode_consumers
 
 __all__ = [
@@ -22,8 +22,10 @@ __all__ = [
     "DecodeConnector",
     "DecodeStatistics",
     "FailedRequest",
+    "FailurePolicy",
     "FailureReason",
     "FinishedRequest",
+    "MetadataSource",
     "PrefillConnector",
     "PrefillStatistics",
     "PullResult",

@@ -17,12 +17,18 @@ import attrs
 
 from hybridxfer.errors import TransferError
 
-__all__ = ["FailedRequest", "FailureReason", "RequestFailed"]
+__all__ = ["FailedRequest", "FailurePolicy", "FailureReason", "RequestFailed"]
 
 #: ``plan``: refused before any byte moved (bad block IDs, incompatible layouts, no peer);
 #: ``transfer``: a read failed; ``timeout``: it missed its deadline; ``cancelled``: the
-#: engine cancelled the pull. In every case the destination blocks are invalid.
-FailureReason = Literal["plan", "transfer", "timeout", "cancelled"]
+#: engine cancelled the pull; ``restarted``: a P rank is another incarnation than the one
+#: the plan was bound to (:class:`~hybridxfer.errors.PeerRestartedError` in the cause
+#: chain). In every case the destination blocks are invalid (but see ``intact_tokens``).
+FailureReason = Literal["plan", "transfer", "timeout", "cancelled", "restarted"]
+
+#: What the engine wants to hear about a failed pull: ``fail`` — the blocks are invalid;
+#: ``recompute`` — also how many leading tokens arrived intact, so it recomputes the rest.
+FailurePolicy = Literal["fail", "recompute"]
 
 
 @attrs.frozen
@@ -36,6 +42,11 @@ class FailedRequest:
     #: D's KV group name -> block IDs that may hold partial or stale data.
     invalid_blocks: Mapping[str, tuple[int, ...]]
     source_rank: int | None = None
+    #: ``recompute`` policy: leading tokens whose every byte (every layer, group and source
+    #: rank) is known to have landed — the engine may keep blocks holding only those and
+    #: recompute from there. Always 0 for a model with SSM state unless everything landed
+    #: (see ``hybridxfer.engine._intact``). ``None`` under the ``fail`` policy.
+    intact_tokens: int | None = None
 
 
 class RequestFailed(TransferError):

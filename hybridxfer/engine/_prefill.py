@@ -9,20 +9,18 @@ source rule; :meth:`PrefillConnector.expect` overrides it per request.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 
 import anyio
-import anyio.abc
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from hybridxfer.engine._caches import check_caches
-from hybridxfer.errors import ClosedTransportError, TransferTimeout
-from hybridxfer.execute import Agent, AgentStatistics, CompletedRequest
+from hybridxfer.errors import ClosedTransportError, NotStartedError
+from hybridxfer.execute import Agent, AgentStatistics, CompletedRequest, Completions
 from hybridxfer.layout import RankLayout
 from hybridxfer.plan import natural_sources
 from hybridxfer.transport import Transport
@@ -30,8 +28,6 @@ from hybridxfer.transport import Transport
 __all__ = ["FinishedRequest", "PrefillConnector", "PrefillStatistics", "decode_consumers"]
 
 log = logging.getLogger("hybridxfer.engine")
-
-_REMEMBERED = 65536
 
 
 def decode_consumers(src_tp: int, dst_tp: int, src_rank: int) -> int:
@@ -87,13 +83,10 @@ class PrefillConnector:
         self._default_consumers = decode_consumers(layout.tp, decode_tp, layout.rank) if decode_tp else 1
         self._expected: dict[str, int] = {}
         self._readers: dict[str, set[str]] = {}
-        self._finished: collections.OrderedDict[str, FinishedRequest] = collections.OrderedDict()
-        self._waiters: dict[str, anyio.Event] = {}
+        self._finished: Completions[FinishedRequest] = Completions(f"prefill connector {name!r}")
         self._finished_count = 0
-        # Streams are created on entry: an unentered connector owns nothing to close.
-        self._send: MemoryObjectSendStream[FinishedRequest] | None = None
-        self._receive: MemoryObjectReceiveStream[FinishedRequest] | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._resources: contextlib.AsyncExitStack | None = None
+        self._closed = False
         self._registered = False
 
     @property
@@ -102,15 +95,15 @@ class PrefillConnector:
         return self._agent
 
     async def __aenter__(self) -> PrefillConnector:
-        await self._agent.__aenter__()
-        self._send, self._receive = anyio.create_memory_object_stream[FinishedRequest](math.inf)
-        try:
-            self._task_group = anyio.create_task_group()
-            await self._task_group.__aenter__()
-            self._task_group.start_soon(self._pump)
-        except BaseException:
-            await self._agent.aclose()
-            raise
+        async with contextlib.AsyncExitStack() as stack:
+            # Closed in reverse: stop the pump, wake waiters and end the stream, close the agent.
+            await stack.enter_async_context(self._agent)
+            stack.callback(self._finished.close)
+            self._finished.stream(buffer=math.inf)  # from entry on: no finished request is missed
+            pump = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(pump.cancel_scope.cancel)
+            pump.start_soon(self._pump)
+            self._resources = stack.pop_all()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -119,16 +112,13 @@ class PrefillConnector:
 
     async def aclose(self) -> None:
         """Stop serving and close the transport. Idempotent. Waiters see ClosedTransportError."""
-        tg, self._task_group = self._task_group, None
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-        if self._send is not None and self._receive is not None:
-            self._send.close()
-            self._receive.close()
-        for event in self._waiters.values():
-            event.set()
-        await self._agent.aclose()
+        self._closed = True
+        resources, self._resources = self._resources, None
+        if resources is not None:
+            await resources.aclose()
+        else:
+            self._finished.close()
+            await self._agent.aclose()
 
     async def register_caches(self, caches: Mapping[str, object]) -> None:
         """Register one cache tensor per layout region (name -> tensor/array), all at once.
@@ -160,9 +150,8 @@ class PrefillConnector:
         One consumer only (it is a stream). Use it from tasks that end before the
         connector closes (closing it closes the stream).
         """
-        if self._receive is None:
-            raise ClosedTransportError(f"prefill connector {self.name!r} is not entered")
-        return self._receive
+        self._check_open()
+        return self._finished.stream(buffer=math.inf)
 
     async def wait_request_finished(self, request_id: str, *, timeout: float | None = None) -> FinishedRequest:
         """Wait until every expected decode rank has read ``request_id``.
@@ -171,18 +160,18 @@ class PrefillConnector:
         engine then frees the blocks on its own lease policy (a decoder may have died).
         Cancellation leaves nothing behind.
         """
-        while True:
-            done = self._finished.get(request_id)
-            if done is not None:
-                return done
-            if self._task_group is None:
-                raise ClosedTransportError(f"prefill connector {self.name!r} is closed")
-            event = self._waiters.setdefault(request_id, anyio.Event())
-            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                await event.wait()
-            if scope.cancelled_caught:
-                raise TransferTimeout(f"request not finished by its decoders within {timeout}s",
-                                      request_id=request_id)
+        done = self._finished.get(request_id)
+        if done is not None:
+            return done
+        self._check_open()
+        return await self._finished.wait(request_id, timeout=timeout,
+                                         message=f"request not finished by its decoders within {timeout}s")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedTransportError(f"prefill connector {self.name!r} is closed")
+        if self._resources is None:
+            raise NotStartedError(f"prefill connector {self.name!r} is not started: use `async with`")
 
     def statistics(self) -> PrefillStatistics:
         return PrefillStatistics(self._agent.statistics(), self._finished_count, len(self._readers))
@@ -195,7 +184,7 @@ class PrefillConnector:
             return
 
     def _on_completed(self, done: CompletedRequest) -> None:
-        if done.request_id in self._finished:
+        if self._finished.get(done.request_id) is not None:
             log.warning("%s: %s read %s after it was finished; expected reader count too low?",
                         self.name, done.peer_name, done.request_id)
             return
@@ -210,17 +199,7 @@ class PrefillConnector:
         del self._readers[request_id]
         self._expected.pop(request_id, None)
         finished = FinishedRequest(request_id, tuple(sorted(readers)))
-        self._finished[request_id] = finished
-        while len(self._finished) > _REMEMBERED:
-            self._finished.popitem(last=False)
+        self._finished.add(request_id, finished)
         self._finished_count += 1
         log.info("%s: request %s finished by %s; its blocks may be freed", self.name, request_id,
                  ", ".join(finished.readers))
-        try:
-            if self._send is not None:
-                self._send.send_nowait(finished)
-        except anyio.ClosedResourceError:
-            pass  # closed: only wait_request_finished callers could still care, and they are woken
-        event = self._waiters.pop(request_id, None)
-        if event is not None:
-            event.set()

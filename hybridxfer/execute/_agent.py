@@ -10,23 +10,29 @@ turns incoming ``done`` notifications into completed requests, exactly once each
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio
-import anyio.abc
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-import numpy as np
 
 from hybridxfer.errors import (
+    BrokenTransportError,
     ClosedTransportError,
     ConnectError,
     IncompatibleLayoutsError,
+    LayoutError,
+    NotStartedError,
+    PeerRestartedError,
+    ProtocolError,
+    RegistrationError,
     TransferError,
-    TransferTimeout,
 )
+from hybridxfer.execute._completions import REMEMBERED, Completions
 from hybridxfer.execute._executable import ExecutablePlan
+from hybridxfer.execute._landed import LandedBytes, LandedTransport
 from hybridxfer.execute._info import (
     AgentInfo,
     ControlMessage,
@@ -37,18 +43,16 @@ from hybridxfer.execute._info import (
     encode_control,
 )
 from hybridxfer.execute._memory import to_region
+from hybridxfer.execute._progress import CountingTransport, ProgressCallback, TransferProgress
 from hybridxfer.execute._stats import AgentStatistics, StatisticsRecorder
-from hybridxfer.layout import RankLayout
+from hybridxfer.layout import RankLayout, rank_layout_from_dict
 from hybridxfer.plan import TransferPlan, compile_plan
-from hybridxfer.transport import MemoryRegion, PeerHandle, ReadBatch, Transport
+from hybridxfer.transport import MemoryRegion, PeerHandle, Transport
 from hybridxfer.transport.registry import open_transport
 
 __all__ = ["Agent", "CompletedRequest", "Peer"]
 
 log = logging.getLogger("hybridxfer.execute")
-
-# Completed request IDs remembered for duplicate detection and late waiters.
-_REMEMBERED_REQUESTS = 65536
 
 
 @attrs.frozen
@@ -62,6 +66,11 @@ class Peer:
     def rank(self) -> int:
         return self.info.rank
 
+    @property
+    def incarnation(self) -> str:
+        """The peer's incarnation when we handshook with it."""
+        return self.info.incarnation
+
 
 @attrs.frozen
 class CompletedRequest:
@@ -70,14 +79,21 @@ class CompletedRequest:
     request_id: str
     peer_name: str
     dst_rank: int
+    #: Bytes that D rank reported reading from this agent for the request.
+    bytes: int = 0
+    #: Seconds that D rank's transfer of the request took (0.0 if it did not say).
+    seconds: float = 0.0
 
 
 class Agent:
     """One rank's endpoint. ``async with Agent(...) as agent:`` then register, connect, prepare.
 
-    The agent runs a background task group (the notification pump), so like any anyio
-    task group it must be closed by the task, and in the cancel scope, that entered it:
-    use ``async with`` rather than calling ``aclose()`` from another task.
+    The agent owns its transport (entered and closed with it) and runs a background task
+    group (the notification pump), so like any anyio task group it must be closed by the
+    task, and in the cancel scope, that entered it: use ``async with`` rather than calling
+    ``aclose()`` from another task. Used before it is entered it raises
+    :class:`~hybridxfer.errors.NotStartedError`; after it is closed,
+    :class:`~hybridxfer.errors.ClosedTransportError`.
     """
 
     def __init__(
@@ -91,37 +107,45 @@ class Agent:
         tp_size: int = 1,
         layout: LayoutLike | None = None,
         instance_parameters: bytes = b"",
+        incarnation: str | None = None,
     ) -> None:
         if isinstance(transport, str):
             transport = open_transport(transport, name=name, **dict(transport_options or {}))
         self.name = name
+        #: Random id of this agent's lifetime, published in its metadata. A transport that
+        #: has one of its own (tcp checks it on every reconnect) lends it, so the error a
+        #: reader sees names the same id the handshake carried.
+        self.incarnation = incarnation or _transport_incarnation(transport) or secrets.token_hex(8)
         self.transport = transport
         self.role: Role = role
         self.rank, self.tp_size = rank, tp_size
         self.layout = layout
-        if not instance_parameters and isinstance(layout, RankLayout):
-            instance_parameters = layout.to_json().encode()
         self._instance_parameters = instance_parameters
+        # what peers plan against: published once, as the handshake's ``layout`` field
+        self._layout_document = layout.instance_dict() if isinstance(layout, RankLayout) else None
         self._peer_layouts: dict[str, RankLayout] = {}
         self._regions: dict[str, tuple[MemoryRegion, object]] = {}
         self._stats = StatisticsRecorder()
         self._succeeded: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._done: collections.OrderedDict[tuple[str, str], CompletedRequest] = collections.OrderedDict()
-        self._waiters: dict[str, anyio.Event] = {}
-        self._completed_send: MemoryObjectSendStream[CompletedRequest] | None = None
-        self._completed_receive: MemoryObjectReceiveStream[CompletedRequest] | None = None
+        self._completions: Completions[CompletedRequest] = Completions(f"agent {name!r}")
         self._hellos: dict[str, AgentInfo] = {}
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._resources: contextlib.AsyncExitStack | None = None
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> Agent:
         if self._closed:
             raise ClosedTransportError(f"agent {self.name!r} cannot be re-entered")
-        await self.transport.__aenter__()
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._pump_notifications)
+        if self._resources is not None:
+            raise RuntimeError(f"agent {self.name!r} is already entered")
+        async with contextlib.AsyncExitStack() as stack:
+            # Closed in reverse: stop the pump, wake waiters and end the stream, close the transport.
+            await stack.enter_async_context(self.transport)
+            stack.callback(self._completions.close)
+            pump = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(pump.cancel_scope.cancel)
+            pump.start_soon(self._pump_notifications)
+            self._resources = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -132,31 +156,31 @@ class Agent:
         if self._closed:
             return
         self._closed = True
-        tg, self._task_group = self._task_group, None
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-        if self._completed_send is not None and self._completed_receive is not None:
-            self._completed_send.close()
-            self._completed_receive.close()
-        for event in self._waiters.values():
-            event.set()
-        await self.transport.aclose()
+        resources, self._resources = self._resources, None
+        if resources is not None:
+            await resources.aclose()
+        else:  # never entered: the transport is still ours to close
+            self._completions.close()
+            await self.transport.aclose()
 
     def _check_open(self) -> None:
-        if self._closed or self._task_group is None:
-            raise ClosedTransportError(f"agent {self.name!r} is closed or not entered")
+        if self._closed:
+            raise ClosedTransportError(f"agent {self.name!r} is closed")
+        if self._resources is None:
+            raise NotStartedError(f"agent {self.name!r} is not started: use `async with Agent(...)`")
 
     # -- memory and identity ----------------------------------------------------------
     async def register(self, name: str, memory: object) -> MemoryRegion:
         """Register a numpy array, bytearray, torch tensor or ``(pointer, length)``.
 
         The agent keeps ``memory`` alive until it is closed. Register everything before
-        publishing :meth:`metadata`.
+        publishing :meth:`metadata`. Raises :class:`~hybridxfer.errors.RegistrationError`
+        (registering nothing) for a name registered already or memory that is not one
+        contiguous writable range, and ``TypeError`` for an object that is not memory.
         """
         self._check_open()
         if name in self._regions:
-            raise ValueError(f"region {name!r} is already registered")
+            raise RegistrationError(f"region {name!r} is already registered on agent {self.name!r}")
         region = to_region(name, memory)
         await self.transport.register([region])
         self._regions[name] = (region, memory)
@@ -175,7 +199,8 @@ class Agent:
             layout_digest=layout.digest if layout is not None else "",
             model_digest=layout.model_digest if layout is not None else "",
             transport=self.transport.name, transport_metadata=self.transport.local_metadata(),
-            instance_parameters=self._instance_parameters,
+            instance_parameters=self._instance_parameters, layout=self._layout_document,
+            incarnation=self.incarnation,
         )
 
     def metadata(self) -> bytes:
@@ -200,11 +225,23 @@ class Agent:
         handle = await self.transport.connect(remote.transport_metadata)
         try:
             await self.transport.notify(handle, encode_control(ControlMessage("hello", info=local)))
-        except TransferError as exc:
+        except (TransferError, BrokenTransportError, ProtocolError) as exc:
             raise ConnectError(f"hello to {remote.name!r} failed: {exc}") from exc
-        log.info("agent %s connected to %s (rank %d/%d, layout %s)", self.name, remote.name,
-                 remote.rank, remote.tp_size, remote.layout_digest or "-")
+        log.info("agent %s connected to %s (rank %d/%d, layout %s, incarnation %s)", self.name, remote.name,
+                 remote.rank, remote.tp_size, remote.layout_digest or "-", remote.incarnation or "-")
         return Peer(remote, handle)
+
+    def check_incarnation(self, peer: Peer, metadata: bytes) -> AgentInfo:
+        """Raise :class:`~hybridxfer.errors.PeerRestartedError` if ``metadata`` (fresh from
+        the peer's address) is another incarnation than the one ``peer`` handshook with.
+
+        Returns the fresh info. Opens nothing: the caller decides whether to reconnect.
+        """
+        fresh = AgentInfo.from_bytes(metadata)
+        if fresh.incarnation != peer.incarnation:
+            raise PeerRestartedError(f"P rank {peer.rank} restarted", peer=peer.info.name,
+                                     old_incarnation=peer.incarnation, new_incarnation=fresh.incarnation)
+        return fresh
 
     # -- D side ------------------------------------------------------------------------
     def source_layouts(self, peers: Mapping[int, Peer] | Sequence[Peer]) -> tuple[RankLayout, ...]:
@@ -216,16 +253,27 @@ class Agent:
         missing = [r for r in range(tp) if r not in by_rank]
         if missing:
             raise ConnectError(f"planning needs every P rank of the TP-{tp} engine; missing ranks {missing}")
-        out = []
-        for r in range(tp):
-            info = by_rank[r].info
-            key = info.layout_digest
-            if key not in self._peer_layouts:
-                if not info.instance_parameters:
-                    raise IncompatibleLayoutsError(f"peer {info.name!r} published no layout to plan against")
-                self._peer_layouts[key] = RankLayout.from_json(info.instance_parameters.decode())
-            out.append(self._peer_layouts[key])
-        return tuple(out)
+        # a pipelined P (its layout says pp > 1): every (stage, TP rank), keyed by global rank
+        ranks = tp * self._source_layout(by_rank[0].info).pp
+        missing = [r for r in range(ranks) if r not in by_rank]
+        if missing:
+            raise ConnectError(f"planning needs every P rank of the pipelined engine (global rank = stage * "
+                               f"{tp} + TP rank); missing ranks {missing}")
+        return tuple(self._source_layout(by_rank[r].info) for r in range(ranks))
+
+    def _source_layout(self, info: AgentInfo) -> RankLayout:
+        """A P rank's resolved layout, from its hello (parsed once per digest)."""
+        key = info.layout_digest
+        if key not in self._peer_layouts:
+            if info.layout is None:
+                raise IncompatibleLayoutsError(f"peer {info.name!r} published no layout to plan against")
+            try:
+                self._peer_layouts[key] = rank_layout_from_dict(info.layout,
+                                                                source=f"<layout of peer {info.name!r}>")
+            except LayoutError as exc:
+                raise IncompatibleLayoutsError(
+                    f"peer {info.name!r} published a layout we cannot read: {exc}") from exc
+        return self._peer_layouts[key]
 
     def plan(
         self,
@@ -236,25 +284,41 @@ class Agent:
         dst_blocks: Mapping[str, Sequence[int]],
         num_tokens: int | None = None,
         coalesce: bool = True,
+        on_progress: ProgressCallback | None = None,
+        progress_step_bytes: int | None = None,
+        landed: LandedBytes | None = None,
+        dst_cached_tokens: int | Mapping[str, int] | None = None,
     ) -> ExecutablePlan:
         """Plan one request against connected P ranks; ``await result.execute()`` moves it.
 
         Compiles (cached per layout pair) and binds the request's block IDs with
         :func:`hybridxfer.plan.compile_plan`; every check (compatibility, block IDs,
-        overlapping writes) happens here, before any byte moves.
+        overlapping writes) happens here, before any byte moves. ``on_progress``,
+        ``progress_step_bytes`` and ``landed``: see :meth:`prepare`. ``dst_cached_tokens``:
+        the leading tokens D's prefix cache already holds (see :func:`hybridxfer.plan.bind`).
         """
         self._check_open()
         if not isinstance(self.layout, RankLayout):
             raise IncompatibleLayoutsError(f"agent {self.name!r} has no RankLayout to plan into")
         template = compile_plan(self.source_layouts(peers), self.layout, coalesce=coalesce)
-        bound = template.bind(src_blocks, dst_blocks, num_tokens=num_tokens)
+        bound = template.bind(src_blocks, dst_blocks, num_tokens=num_tokens, dst_cached_tokens=dst_cached_tokens)
         log.info("agent %s planned %s: %d bytes in %d descriptors from P ranks %s", self.name, request_id,
                  bound.statistics.bytes, bound.statistics.descriptor_count, bound.source_ranks)
-        return self.prepare(bound, peers, request_id)
+        return self.prepare(bound, peers, request_id, on_progress=on_progress,
+                            progress_step_bytes=progress_step_bytes, landed=landed)
 
     def prepare(self, plan: TransferPlan, peers: Mapping[int, Peer] | Sequence[Peer],
-                request_id: str) -> ExecutablePlan:
+                request_id: str, *, on_progress: ProgressCallback | None = None,
+                progress_step_bytes: int | None = None, landed: LandedBytes | None = None) -> ExecutablePlan:
         """Bind ``plan`` to connected peers (keyed by source rank) for one request.
+
+        ``on_progress`` is called with a :class:`TransferProgress` each time bytes of this
+        request land (``bytes_done`` grows to ``bytes_total``); with
+        ``progress_step_bytes`` large reads are split so that it is called about every
+        that many bytes (default: once per read). ``landed`` (a :class:`LandedBytes` over
+        :attr:`region_names`) records the destination ranges of every read that returned,
+        in pieces of ``progress_step_bytes`` when given: what a failed request can still
+        trust.
 
         Raises :class:`ConnectError` if a source or notify rank has no peer,
         :class:`IncompatibleLayoutsError` if a region name is unknown on either side, and
@@ -264,42 +328,35 @@ class Agent:
         if request_id in self._succeeded:
             raise TransferError("request already completed; P may have freed its blocks",
                                 request_id=request_id, invalid_blocks=dict(plan.dst_blocks))
+        transport = self._progress_transport(request_id, plan.statistics.bytes, on_progress,
+                                             progress_step_bytes, landed)
         by_rank = dict(peers) if isinstance(peers, Mapping) else {p.rank: p for p in peers}
-        local_index = {n: i for i, n in enumerate(self._regions)}
-        dst_map = self._index_map(plan.dst_region_names, local_index, "local")
-        limit = self.transport.capabilities.max_descriptors_per_read
-        batches: dict[int, tuple[PeerHandle, tuple[ReadBatch, ...]]] = {}
-        for reads in plan.reads:
-            peer = by_rank.get(reads.src_rank)
-            if peer is None:
-                raise ConnectError(f"no connected peer for source rank {reads.src_rank}")
-            remote_index = {n: i for i, n in enumerate(peer.handle.region_names)}
-            src_map = self._index_map(plan.src_region_names, remote_index, f"peer {peer.info.name!r}")
-            batch = ReadBatch(src_map[reads.src_region], reads.src_offset, dst_map[reads.dst_region],
-                              reads.dst_offset, reads.length)
-            step = limit or max(1, len(batch))
-            parts = tuple(batch.slice(s, s + step) for s in range(0, len(batch), step)) or (batch,)
-            batches[reads.src_rank] = (peer.handle, parts)
-        notify: dict[int, PeerHandle] = {}
-        for rank in plan.notify_ranks:
-            peer = by_rank.get(rank)
-            if peer is None:
-                raise ConnectError(f"no connected peer for notify rank {rank}")
-            notify[rank] = peer.handle
-        return ExecutablePlan(plan=plan, request_id=request_id, transport=self.transport,
-                              batches=batches, notify_peers=notify, stats=self._stats,
+        return ExecutablePlan(plan=plan, request_id=request_id, transport=transport,
+                              peers={rank: peer.handle for rank, peer in by_rank.items()},
+                              local_regions=tuple(self._regions), stats=self._stats,
                               on_success=self._remember_success)
 
-    @staticmethod
-    def _index_map(names: Sequence[str], index: Mapping[str, int], where: str) -> np.ndarray:
-        missing = [n for n in names if n not in index]
-        if missing:
-            raise IncompatibleLayoutsError(f"{where} has no registered region named {missing}")
-        return np.array([index[n] for n in names], dtype=np.int64)
+    def _progress_transport(self, request_id: str, total: int, on_progress: ProgressCallback | None,
+                            step_bytes: int | None, landed: LandedBytes | None = None) -> Transport:
+        """The transport one request reads through: ours, or ours recording and/or counting."""
+        base: Transport = self.transport
+        if on_progress is not None:
+            done = 0
+
+            def landed_now(nbytes: int) -> None:
+                nonlocal done
+                done += nbytes
+                on_progress(TransferProgress(request_id, done, total))
+
+            # with a record, the recorder outside cuts the pieces and this one only counts them
+            base = CountingTransport(base, landed_now, step_bytes=None if landed is not None else step_bytes)
+        if landed is not None:
+            base = LandedTransport(base, landed, step_bytes=step_bytes)
+        return base
 
     def _remember_success(self, request_id: str) -> None:
         self._succeeded[request_id] = None
-        while len(self._succeeded) > _REMEMBERED_REQUESTS:
+        while len(self._succeeded) > REMEMBERED:
             self._succeeded.popitem(last=False)
 
     # -- P side ------------------------------------------------------------------------
@@ -315,7 +372,8 @@ class Agent:
             elif message.kind == "hello" and message.info is not None:
                 self._on_hello(note.peer_name, message.info)
             elif message.kind == "done":
-                self._on_done(CompletedRequest(message.request_id, note.peer_name, message.dst_rank))
+                self._on_done(CompletedRequest(message.request_id, note.peer_name, message.dst_rank,
+                                               message.bytes, message.seconds))
 
     def _on_hello(self, peer_name: str, info: AgentInfo) -> None:
         try:
@@ -328,31 +386,18 @@ class Agent:
 
     def _on_done(self, done: CompletedRequest) -> None:
         key = (done.request_id, done.peer_name)
-        if key in self._done:
+        if not self._completions.add(done.request_id, done, key=key):
             log.info("agent %s: duplicate completion of %s from %s ignored", self.name, *key)
             return
-        self._done[key] = done
-        while len(self._done) > _REMEMBERED_REQUESTS:
-            self._done.popitem(last=False)
         self._stats.counts["requests_completed"] += 1
+        self._stats.counts["bytes_served"] += done.bytes
         log.debug("agent %s: request %s completed by %s", self.name, *key)
-        if self._completed_send is not None:
-            try:
-                self._completed_send.send_nowait(done)
-            except anyio.WouldBlock:
-                log.warning("agent %s: completed_requests() consumer is behind; dropped %s", self.name, key)
-        event = self._waiters.pop(done.request_id, None)
-        if event is not None:
-            event.set()
 
     def completed_requests(self) -> AsyncIterator[CompletedRequest]:
         """``async for done in agent.completed_requests()``: each completion exactly once,
         from the first call on (earlier ones are visible through :meth:`wait_request_done`)."""
         self._check_open()
-        if self._completed_receive is None:
-            self._completed_send, self._completed_receive = anyio.create_memory_object_stream[
-                CompletedRequest](_REMEMBERED_REQUESTS)
-        return self._completed_receive
+        return self._completions.stream()
 
     async def wait_request_done(self, request_id: str, *, timeout: float | None = None) -> CompletedRequest:
         """Wait until some D agent reported ``request_id`` done.
@@ -361,19 +406,23 @@ class Agent:
         notification). Cancellation leaves nothing behind.
         """
         self._check_open()
-        while True:
-            for (rid, _), done in self._done.items():
-                if rid == request_id:
-                    return done
-            event = self._waiters.setdefault(request_id, anyio.Event())
-            with anyio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-                await event.wait()
-            if scope.cancelled_caught:
-                if self._waiters.get(request_id) is event:
-                    del self._waiters[request_id]
-                raise TransferTimeout(f"no completion notification within {timeout}s", request_id=request_id)
-            self._check_open()
+        return await self._completions.wait(request_id, timeout=timeout,
+                                            message=f"no completion notification within {timeout}s")
 
     def statistics(self) -> AgentStatistics:
         """A frozen snapshot of this agent's counters."""
         return self._stats.snapshot()
+
+
+def _transport_incarnation(transport: Transport) -> str:
+    """The transport's own incarnation when it has one (an optional attribute, not part of
+    the transport contract), looking through wrappers (``inner``), else ``""``."""
+    current: object = transport
+    for _ in range(16):  # wrappers nest a few deep at most; never loop on a cycle
+        value = getattr(current, "incarnation", None)
+        if isinstance(value, str):
+            return value
+        current = getattr(current, "inner", None)
+        if current is None:
+            break
+    return ""

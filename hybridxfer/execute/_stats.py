@@ -15,7 +15,14 @@ _LATENCY_WINDOW = 4096
 
 @attrs.frozen
 class AgentStatistics:
-    """A point-in-time snapshot; latencies in seconds over the last 4,096 transfers."""
+    """A point-in-time snapshot; latencies in seconds over the last 4,096 transfers.
+
+    D side (this agent reads): ``transfers`` that succeeded, their ``bytes`` and
+    ``descriptors``, ``failures`` (of which ``timeouts``), ``cancellations``, and the
+    ``notifications_sent`` / ``notification_failures`` telling P. P side (peers read this
+    agent): ``requests_completed`` (distinct request and D agent pairs reported done) and
+    ``bytes_served``, the bytes those D agents reported reading from here.
+    """
 
     transfers: int = 0
     failures: int = 0
@@ -26,6 +33,7 @@ class AgentStatistics:
     notifications_sent: int = 0
     notification_failures: int = 0
     requests_completed: int = 0
+    bytes_served: int = 0
     latency_p50: float | None = None
     latency_p90: float | None = None
     latency_p99: float | None = None
@@ -56,5 +64,5 @@ class StatisticsRecorder:
             transfers=c["transfers"], failures=c["failures"], timeouts=c["timeouts"],
             cancellations=c["cancellations"], bytes=c["bytes"], descriptors=c["descriptors"],
             notifications_sent=c["notifications_sent"], notification_failures=c["notification_failures"],
-            requests_completed=c["requests_completed"], **lat,
+            requests_completed=c["requests_completed"], bytes_served=c["bytes_served"], **lat,
         )

@@ -1,13 +1,14 @@
 """Derive layout files from Hugging Face ``config.json`` files.
 
-:func:`layout_from_hf_config` applies the cache rules of the serving engine (vLLM 0.33) for
-the supported architectures and returns model-form DSL text; it never guesses for an
-unknown architecture (:class:`UnsupportedModelError` lists the supported ones).
+:func:`layout_from_hf_config` applies one set of per-architecture rules (which layer holds
+what, every dimension) and the cache arrangement of the engine asked for — vLLM 0.33
+(pooled pages, model-form DSL) or Hugging Face transformers 5.20 (one region per
+``DynamicCache`` tensor, memory form). It never guesses for an unknown architecture
+(:class:`UnsupportedModelError` lists the supported ones).
 """
 
 from __future__ import annotations
 
-from hybridxfer.hf._cli import main_from_hf
 from hybridxfer.hf._errors import UnsupportedModelError
 from hybridxfer.hf._importer import (
     ENGINES,
@@ -21,6 +22,5 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "UnsupportedModelError",
     "layout_from_hf_config",
-    "main_from_hf",
     "write_layout_from_hf",
 ]

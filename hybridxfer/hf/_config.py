@@ -13,14 +13,24 @@ __all__ = ["HfConfig"]
 _AUTO_DTYPE = {"bfloat16": "bfloat16", "float16": "float16", "float32": "bfloat16"}
 
 
-class HfConfig:
-    """A view of one config dict (the text config, for multimodal wrappers)."""
+#: transformers allocates its caches in the dtype the model runs in (``dtype`` in 5.x,
+#: ``torch_dtype`` before); a config without one loads as torch's default, float32.
+_TRANSFORMERS_DTYPES = ("bfloat16", "float16", "float32")
 
-    def __init__(self, raw: Mapping[str, object], architecture: str) -> None:
+
+class HfConfig:
+    """A view of one config dict (the text config, for multimodal wrappers), read for one engine.
+
+    ``engine`` is the serving engine whose cache rules apply (``vllm`` or
+    ``transformers``): the family rules are shared, the dtypes and arrangement differ.
+    """
+
+    def __init__(self, raw: Mapping[str, object], architecture: str, engine: str = "vllm") -> None:
         text = raw.get("text_config")
         self.raw: Mapping[str, object] = text if isinstance(text, Mapping) else raw
         self.outer = raw
         self.architecture = architecture
+        self.engine = engine
 
     def has(self, key: str) -> bool:
         return self.raw.get(key) is not None
@@ -52,8 +62,19 @@ class HfConfig:
         return [str(v) for v in value]
 
     def model_dtype(self) -> str:
-        """The dtype vLLM serves with ``--dtype auto`` (``torch_dtype``; transformers 5: ``dtype``)."""
-        name = self.raw.get("torch_dtype") or self.raw.get("dtype") or self.outer.get("torch_dtype") or "bfloat16"
+        """The dtype the engine runs the model in (``torch_dtype``; transformers 5: ``dtype``).
+
+        vLLM with ``--dtype auto`` serves float32 checkpoints in bfloat16 and assumes
+        bfloat16 when the config is silent; transformers keeps the config's dtype, float32
+        when it is silent.
+        """
+        given = self.raw.get("torch_dtype") or self.raw.get("dtype") or self.outer.get("torch_dtype")
+        if self.engine == "transformers":
+            name = given or "float32"
+            if not isinstance(name, str) or name not in _TRANSFORMERS_DTYPES:
+                raise UnsupportedModelError(f"{self.architecture}: unsupported model dtype {name!r}")
+            return name
+        name = given or "bfloat16"
         if not isinstance(name, str) or name not in _AUTO_DTYPE:
             raise UnsupportedModelError(f"{self.architecture}: unsupported model dtype {name!r}")
         return _AUTO_DTYPE[name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hybridxfer.hf._draft import Draft
 from hybridxfer.layout import FORMAT
 
-__all__ = ["draft_to_toml"]
+__all__ = ["draft_to_toml", "toml_value"]
 
 
 def _value(value: int | str | tuple[str, ...]) -> str:
@@ -15,6 +15,11 @@ def _value(value: int | str | tuple[str, ...]) -> str:
     if isinstance(value, int):
         return str(value)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def toml_value(value: int | str) -> str:
+    """One TOML scalar."""
+    return _value(value)
 
 
 def _legend_value(names: tuple[str, ...]) -> str:

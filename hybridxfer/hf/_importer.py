@@ -11,11 +11,15 @@ from hybridxfer.hf._config import HfConfig
 from hybridxfer.hf._emit import draft_to_toml
 from hybridxfer.hf._errors import UnsupportedModelError
 from hybridxfer.hf._families import FAMILIES
+from hybridxfer.hf._tensors import draft_to_tensor_toml
 
 __all__ = ["ENGINES", "SUPPORTED_ARCHITECTURES", "layout_from_hf_config", "write_layout_from_hf"]
 
-#: Engines whose cache arrangement we can derive. Only vLLM's for now.
-ENGINES = ("vllm",)
+#: Engines whose cache arrangement we can derive: vLLM 0.33 (pooled pages, the model
+#: form) and Hugging Face transformers 5.20 (one tensor per layer and piece of its
+#: ``DynamicCache``, the memory form).
+ENGINES = ("vllm", "transformers")
+_TRANSFORMERS_NOTE = "Hugging Face transformers 5.20's DynamicCache for this architecture"
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(sorted(FAMILIES))
 
 
@@ -45,19 +49,25 @@ def layout_from_hf_config(
     model_id: str | None = None,
     source: str = "config.json",
 ) -> str:
-    """Model-form layout TOML for ``config`` as ``engine`` holds its caches.
+    """Layout TOML for ``config`` as ``engine`` holds its caches.
 
-    ``model_id`` defaults to the last part of ``_name_or_path`` (lower-cased), else
-    ``model_type``. Raises :class:`UnsupportedModelError` for an unknown engine or
-    architecture (listing the supported ones) or a config missing a needed field.
+    One set of family rules serves every engine: which layer holds what and every
+    dimension come from the model; the engine decides dtypes and arrangement. vLLM's
+    layouts are in the model form; transformers' in the memory form, one region per
+    cache tensor. ``model_id`` defaults to the last part of ``_name_or_path``
+    (lower-cased), else ``model_type``. Raises :class:`UnsupportedModelError` for an
+    unknown engine or architecture (listing the supported ones), a config missing a
+    needed field, or a cache the engine's rules do not cover.
     """
     if engine not in ENGINES:
         raise UnsupportedModelError(f"unsupported engine {engine!r} (supported engines: {', '.join(ENGINES)})")
     arch = _architecture(config)
-    draft = FAMILIES[arch](HfConfig(config, arch))
+    draft = FAMILIES[arch](HfConfig(config, arch, engine))
     mid = model_id if model_id is not None else _default_model_id(config, arch)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", mid):
         raise UnsupportedModelError(f"model id {mid!r} must be letters, digits, '.', '_' or '-'")
+    if draft.pooling == "per-tensor":
+        return draft_to_tensor_toml(draft, mid, source, _TRANSFORMERS_NOTE)
     return draft_to_toml(draft, mid, source)
 
 

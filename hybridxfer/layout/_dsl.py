@@ -1,48 +1,44 @@
 """The layout DSL: TOML files in two forms that load to the same :class:`Layout`.
 
-*Model form* (``[model]`` + ``[engine]``): layer pattern, model dimensions, a pooling rule
-and a block policy — what a person writes. *Memory form* (``regions`` present): every
-group, region and view spelled out — what ``hybridxfer layout expand`` prints. Both carry
-``format = "hybridxfer.layout/1"``. Every problem in a file is reported at once, each with
-file, line and key path.
+*Model form* (``[model]`` + ``[engine]``, :mod:`._modelform`): layer pattern, model
+dimensions, a pooling rule and a block policy — what a person writes. *Memory form*
+(``regions`` present, :mod:`._memoryform`): every group, region and view spelled out —
+what ``hybridxfer layout expand`` prints. Both carry ``format = "hybridxfer.layout/1"``.
+Every problem in a file is reported at once, each with file, line and key path.
+
+A rank layout travels to peers as plain data (:meth:`RankLayout.instance_dict`: the
+memory form plus the rank's numbers); :func:`rank_layout_from_dict` reads it back
+through the same checks, so a malformed peer layout is a :class:`LayoutError`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from hybridxfer.errors import LayoutError, LayoutProblem
-from hybridxfer.layout._kinds import KINDS, LayerSpec, spec_from_fields
-from hybridxfer.layout._layout import FORMAT, BlockPolicy, Group, Layer, Layout, Region, View
-from hybridxfer.layout._locate import Locator
+from hybridxfer.layout._layout import FORMAT, Layout, RankLayout
+from hybridxfer.layout._memoryform import memory_form
+from hybridxfer.layout._modelform import expand_model_form
+from hybridxfer.layout._parse import Collector
 
-__all__ = ["dump_layout", "layout_from_dict", "load_layout", "loads_layout"]
+__all__ = [
+    "dump_layout",
+    "layout_from_dict",
+    "load_layout",
+    "loads_layout",
+    "rank_layout_from_dict",
+    "rank_layout_from_json",
+]
 
-
-class _Collector:
-    """Accumulates problems with file and line; raises them all at the end."""
-
-    def __init__(self, source: str, text: str | None) -> None:
-        self.source = source
-        self.locator = Locator(text) if text is not None else None
-        self.problems: list[LayoutProblem] = []
-
-    def add(self, path: str, message: str) -> None:
-        line = self.locator.line_of(path) if self.locator else None
-        self.problems.append(LayoutProblem(message, file=self.source, line=line, path=path))
-
-    def adopt(self, problems: list[LayoutProblem], prefix_note: str = "") -> None:
-        for p in problems:
-            self.add(p.path or "", p.message + prefix_note)
-
-    def raise_if_any(self) -> None:
-        if self.problems:
-            raise LayoutError(self.problems)
+#: The numbers beside the layout in :meth:`RankLayout.instance_dict`.
+_RANK_FIELDS = ("tp", "rank", "num_blocks", "logical_block_tokens", "kernel_block_tokens")
 
 
 def load_layout(path: str | Path) -> Layout:
@@ -73,17 +69,15 @@ def layout_from_dict(data: dict[str, Any], source: str = "<dict>") -> Layout:
 
 
 def _from_data(data: dict[str, Any], source: str, text: str | None) -> Layout:
-    col = _Collector(source, text)
+    col = Collector(source, text)
     fmt = data.get("format")
     if fmt != FORMAT:
         col.add("format", f"expected format = {FORMAT!r}, got {fmt!r}")
         col.raise_if_any()
     if "regions" in data:
-        layout = _memory_form(data, col)
+        layout = memory_form(data, col)
         note = ""
     elif "model" in data and isinstance(data["model"], dict):
-        from hybridxfer.layout._modelform import expand_model_form
-
         layout = expand_model_form(data, col)
         note = " (in the expanded memory form)"
     else:
@@ -96,142 +90,46 @@ def _from_data(data: dict[str, Any], source: str, text: str | None) -> Layout:
     return attrs.evolve(layout, source=source)
 
 
-# -- memory form ------------------------------------------------------------------------------
+def rank_layout_from_dict(data: Mapping[str, Any], source: str = "<peer>") -> RankLayout:
+    """Read back :meth:`RankLayout.instance_dict` (a peer's layout) and resolve it again.
 
-_TOP_KEYS = {"format", "model", "block", "specs", "layers", "groups", "regions"}
-
-
-def _check_keys(col: _Collector, path: str, table: dict[str, Any], allowed: set[str]) -> None:
-    for key in table:
-        if key not in allowed:
-            col.add(f"{path}.{key}" if path else key, f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
-
-
-def _typed(col: _Collector, path: str, value: Any, kind: type | tuple[type, ...], what: str) -> bool:
-    if isinstance(value, bool) and kind is int:
-        col.add(path, f"must be {what}, got {value!r}")
-        return False
-    if not isinstance(value, kind):
-        col.add(path, f"must be {what}, got {type(value).__name__} {value!r}")
-        return False
-    return True
-
-
-def parse_specs(col: _Collector, raw: Any, path: str = "specs") -> dict[str, LayerSpec]:
-    specs: dict[str, LayerSpec] = {}
-    if not _typed(col, path, raw, dict, "a table of named layer specs"):
-        return specs
-    for name, fields in raw.items():
-        p = f"{path}.{name}"
-        if not _typed(col, p, fields, dict, "a table"):
-            continue
-        kind = fields.get("kind")
-        if kind not in KINDS:
-            col.add(f"{p}.kind", f"unknown kind {kind!r} (known: {', '.join(sorted(KINDS))})")
-            continue
-        cls = KINDS[kind]
-        allowed = {f.name for f in attrs.fields(cls)} | {"kind"}
-        if kind == "sliding_window":
-            allowed = (allowed - {"sliding_window"}) | {"window"}
-        extra = [k for k in fields if k not in allowed]
-        for k in extra:
-            col.add(f"{p}.{k}", f"unknown field {k!r} for kind {kind!r} (allowed: {', '.join(sorted(allowed))})")
-        if extra:
-            continue
-        try:
-            specs[name] = spec_from_fields(fields)
-        except TypeError as exc:
-            missing = [f.name for f in attrs.fields(cls)
-                       if f.default is attrs.NOTHING and f.name not in fields
-                       and not (kind == "sliding_window" and f.name == "sliding_window")]
-            if kind == "sliding_window" and "window" not in fields:
-                missing.append("window")
-            col.add(p, f"missing field(s) {', '.join(missing)} for kind {kind!r}" if missing else str(exc))
-        except ValueError as exc:
-            if len(exc.args) >= 4 and isinstance(exc.args[1], attrs.Attribute):
-                field, options, value = exc.args[1].name, exc.args[2], exc.args[3]
-                col.add(f"{p}.{field}", f"must be one of {', '.join(map(repr, options))}, got {value!r}")
-            else:
-                field = str(exc).split(" ", 1)[0].rstrip(":")
-                col.add(f"{p}.{field}" if field in fields else p, str(exc))
-    return specs
+    Raises :class:`LayoutError` naming every missing or mistyped field, or the layout's
+    own problems; never a ``KeyError`` or ``TypeError``.
+    """
+    if not isinstance(data, Mapping):
+        raise LayoutError([LayoutProblem(f"a rank layout must be a table, got {type(data).__name__}", file=source)])
+    problems = [LayoutProblem(f"must be a non-negative integer, got {data.get(key)!r}", file=source, path=key)
+                for key in _RANK_FIELDS
+                if not isinstance(data.get(key), int) or isinstance(data.get(key), bool) or data[key] < 0]
+    layout_data = data.get("layout")
+    if not isinstance(layout_data, dict):
+        problems.append(LayoutProblem(f"must be a layout table, got {type(layout_data).__name__}",
+                                      file=source, path="layout"))
+    if problems or not isinstance(layout_data, dict):
+        raise LayoutError(problems)
+    pp, stage, partition = data.get("pp", 1), data.get("stage", 0), data.get("partition")
+    for key, value in (("pp", pp), ("stage", stage)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(LayoutProblem(f"must be a non-negative integer, got {value!r}", file=source, path=key))
+    if partition is not None and not (isinstance(partition, list) and all(
+            isinstance(c, int) and not isinstance(c, bool) for c in partition)):
+        problems.append(LayoutProblem(f"must be a list of layer counts, got {partition!r}", file=source,
+                                      path="partition"))
+    if problems:
+        raise LayoutError(problems)
+    return layout_from_dict(layout_data, source=source).for_rank(
+        data["tp"], data["rank"], num_blocks=data["num_blocks"],
+        logical_block_tokens=data["logical_block_tokens"], kernel_block_tokens=data["kernel_block_tokens"],
+        pp=pp, stage=stage, partition=partition)
 
 
-def parse_block(col: _Collector, raw: Any, path: str = "block") -> BlockPolicy:
-    if raw is None:
-        return BlockPolicy()
-    if not _typed(col, path, raw, dict, "a table"):
-        return BlockPolicy()
-    _check_keys(col, path, raw, {"logical", "kernel", "align", "uniform_page"})
-    kwargs = {k: raw[k] for k in ("logical", "kernel", "align", "uniform_page") if k in raw}
-    if "logical" in kwargs and kwargs["logical"] != "equalise":
-        _typed(col, f"{path}.logical", kwargs["logical"], int, "a positive integer or 'equalise'")
-    if "kernel" in kwargs and kwargs["kernel"] != "logical":
-        _typed(col, f"{path}.kernel", kwargs["kernel"], int, "a positive integer or 'logical'")
-    if "align" in kwargs:
-        _typed(col, f"{path}.align", kwargs["align"], int, "a positive integer")
-    if "uniform_page" in kwargs:
-        _typed(col, f"{path}.uniform_page", kwargs["uniform_page"], bool, "true or false")
-    return BlockPolicy(**kwargs)
-
-
-def _memory_form(data: dict[str, Any], col: _Collector) -> Layout | None:
-    _check_keys(col, "", data, _TOP_KEYS)
-    model = data.get("model")
-    _typed(col, "model", model, str, "the model id string")
-    block = parse_block(col, data.get("block"))
-    specs = parse_specs(col, data.get("specs", {}))
-    layers: list[Layer] = []
-    for i, item in enumerate(_list(col, "layers", data.get("layers"))):
-        if _typed(col, f"layers[{i}]", item, dict, "a table {name, spec}"):
-            _check_keys(col, f"layers[{i}]", item, {"name", "spec"})
-            if _typed(col, f"layers[{i}].name", item.get("name"), str, "a string") and \
-                    _typed(col, f"layers[{i}].spec", item.get("spec"), str, "a string"):
-                layers.append(Layer(item["name"], item["spec"]))
-    groups: list[Group] = []
-    for i, item in enumerate(_list(col, "groups", data.get("groups"))):
-        if _typed(col, f"groups[{i}]", item, dict, "a table {name, layers}"):
-            _check_keys(col, f"groups[{i}]", item, {"name", "layers"})
-            names = item.get("layers", [])
-            if _typed(col, f"groups[{i}].name", item.get("name"), str, "a string") and \
-                    _typed(col, f"groups[{i}].layers", names, list, "a list of layer names"):
-                groups.append(Group(item["name"], tuple(str(n) for n in names)))
-    regions: list[Region] = []
-    for i, item in enumerate(_list(col, "regions", data.get("regions"))):
-        p = f"regions[{i}]"
-        if not _typed(col, p, item, dict, "a table {name, views}"):
-            continue
-        _check_keys(col, p, item, {"name", "views", "slabs"})
-        views: list[View] = []
-        for j, v in enumerate(_list(col, f"{p}.views", item.get("views"))):
-            vp = f"{p}.views[{j}]"
-            if not _typed(col, vp, v, dict, "a table {layer, pieces?, offset?, slab?}"):
-                continue
-            _check_keys(col, vp, v, {"layer", "pieces", "offset", "slab"})
-            ok = _typed(col, f"{vp}.layer", v.get("layer"), str, "a layer name")
-            ok &= _typed(col, f"{vp}.offset", v.get("offset", 0), int, "an integer")
-            ok &= _typed(col, f"{vp}.slab", v.get("slab", 0), int, "an integer")
-            ok &= _typed(col, f"{vp}.pieces", v.get("pieces", []), list, "a list of piece names")
-            if ok:
-                views.append(View(v["layer"], tuple(v.get("pieces", ())), v.get("offset", 0), v.get("slab", 0)))
-        slabs = item.get("slabs", 1)
-        if _typed(col, f"{p}.name", item.get("name"), str, "a string") and \
-                _typed(col, f"{p}.slabs", slabs, int, "an integer"):
-            regions.append(Region(item["name"], tuple(views), slabs))
-    if col.problems or not isinstance(model, str):
-        return None
-    return Layout(model=model, specs=tuple(specs.items()), layers=tuple(layers),
-                  groups=tuple(groups), regions=tuple(regions), block=block)
-
-
-def _list(col: _Collector, path: str, value: Any) -> list[Any]:
-    if value is None:
-        col.add(path, "missing (a list is required)")
-        return []
-    if not isinstance(value, list):
-        col.add(path, f"must be a list, got {type(value).__name__}")
-        return []
-    return value
+def rank_layout_from_json(text: str | bytes, source: str = "<peer>") -> RankLayout:
+    """:func:`rank_layout_from_dict` of :meth:`RankLayout.to_json` text."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LayoutError([LayoutProblem(f"rank layout is not JSON: {exc}", file=source)]) from exc
+    return rank_layout_from_dict(data, source=source)
 
 
 # -- dumping ---------------------------------------------------------------------------------
@@ -258,6 +156,8 @@ def dump_layout(layout: Layout) -> str:
     """The explicit memory form as TOML text (loads back to an equal layout)."""
     d = layout.to_dict()
     out = [f"format = {_toml_value(d['format'])}", f"model = {_toml_value(d['model'])}"]
+    if "model_layers" in d:
+        out.append(f"model_layers = {d['model_layers']}")
     out.append("layers = [")
     out.extend(f"  {_toml_value(item)}," for item in d["layers"])
     out.append("]")

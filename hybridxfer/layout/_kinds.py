@@ -13,8 +13,9 @@ from typing import Any, ClassVar, Literal, Union
 import attrs
 
 from hybridxfer.layout._dtypes import DTYPE_SIZES, dtype_size
+from hybridxfer.layout._limits import MAX_DIMENSION
 from hybridxfer.layout._pieces import TOKEN_AXIS, Piece
-from hybridxfer.layout._sharding import Segment
+from hybridxfer.layout._sharding import Segment, owned_units
 
 __all__ = [
     "KINDS",
@@ -33,6 +34,13 @@ ConvLayout = Literal["DS", "SD"]
 def _positive(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
+    if value > MAX_DIMENSION:
+        raise ValueError(f"{attribute.name} must be at most {MAX_DIMENSION:,}, got {value:,}")
+
+
+def _count(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DIMENSION:
+        raise ValueError(f"{attribute.name} must be an integer in [0, {MAX_DIMENSION:,}], got {value!r}")
 
 
 def _dtype(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -47,9 +55,22 @@ def _conv_axes(layout: str, channels: int, rows: int) -> tuple[tuple[str, ...], 
     return ("row", "channel"), (rows, channels)
 
 
-def _local_extent(segments: tuple[Segment, ...], tp: int, rank: int = 0) -> int:
-    from hybridxfer.layout._sharding import owned_units
+def _conv_rows(default: int, conv_rows: int | None) -> tuple[int, int]:
+    """Rows of conv history held, and where the first lies relative to the default rows.
 
+    Engines keep the *newest* rows: one holding ``conv_kernel`` rows (transformers) holds
+    one older row than one holding ``conv_kernel - 1`` (vLLM), so its first row starts at
+    -1 and the newest rows of the two line up.
+    """
+    rows = default if conv_rows is None else conv_rows
+    return rows, default - rows
+
+
+def _row_starts(axes: tuple[str, ...], row_start: int) -> tuple[int, ...]:
+    return tuple(row_start if a == "row" else 0 for a in axes)
+
+
+def _local_extent(segments: tuple[Segment, ...], tp: int, rank: int = 0) -> int:
     return sum(len(owned_units(s, tp, rank)) * s.unit_extent for s in segments)
 
 
@@ -150,8 +171,9 @@ class Mamba2Spec:
     conv_kernel: int = attrs.field(validator=_positive)
     conv_dtype: str = attrs.field(validator=_dtype)
     ssm_dtype: str = attrs.field(validator=_dtype)
-    num_spec: int = 0
+    num_spec: int = attrs.field(default=0, validator=_count)
     conv_layout: ConvLayout = attrs.field(default="DS", validator=attrs.validators.in_(("DS", "SD")))
+    conv_rows: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
 
     MODEL_FIELDS: ClassVar[tuple[str, ...]] = (
         "num_heads", "head_dim", "n_groups", "d_state", "conv_kernel", "conv_dtype",
@@ -168,11 +190,11 @@ class Mamba2Spec:
 
     def pieces(self, tp: int, kernel_block_tokens: int) -> tuple[Piece, ...]:
         conv_segs = self.conv_segments()
-        rows = self.conv_kernel - 1 + self.num_spec
+        rows, row_start = _conv_rows(self.conv_kernel - 1 + self.num_spec, self.conv_rows)
         axes, ext = _conv_axes(self.conv_layout, _local_extent(conv_segs, tp), rows)
         ssm_seg = (Segment("heads", self.num_heads, 1),)
         return (
-            Piece(name="conv", tensor="conv", axes=axes, extents=ext, starts=(0, 0),
+            Piece(name="conv", tensor="conv", axes=axes, extents=ext, starts=_row_starts(axes, row_start),
                   dtype=self.conv_dtype, itemsize=dtype_size(self.conv_dtype),
                   sharded_axis="channel", segments=conv_segs),
             Piece(name="ssm", tensor="ssm", axes=("head", "head_dim", "d_state"),
@@ -194,15 +216,17 @@ class Mamba1Spec:
     conv_dtype: str = attrs.field(validator=_dtype)
     ssm_dtype: str = attrs.field(validator=_dtype)
     conv_layout: ConvLayout = attrs.field(default="SD", validator=attrs.validators.in_(("DS", "SD")))
+    conv_rows: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
 
     MODEL_FIELDS: ClassVar[tuple[str, ...]] = ("d_inner", "d_state", "conv_kernel", "conv_dtype", "ssm_dtype")
     sliding_window: ClassVar[None] = None
 
     def pieces(self, tp: int, kernel_block_tokens: int) -> tuple[Piece, ...]:
         seg = (Segment("x", self.d_inner, 1),)
-        axes, ext = _conv_axes(self.conv_layout, _local_extent(seg, tp), self.conv_kernel - 1)
+        rows, row_start = _conv_rows(self.conv_kernel - 1, self.conv_rows)
+        axes, ext = _conv_axes(self.conv_layout, _local_extent(seg, tp), rows)
         return (
-            Piece(name="conv", tensor="conv", axes=axes, extents=ext, starts=(0, 0),
+            Piece(name="conv", tensor="conv", axes=axes, extents=ext, starts=_row_starts(axes, row_start),
                   dtype=self.conv_dtype, itemsize=dtype_size(self.conv_dtype),
                   sharded_axis="channel", segments=seg),
             Piece(name="ssm", tensor="ssm", axes=("channel", "d_state"),
@@ -225,8 +249,11 @@ class GdnSpec:
     conv_kernel: int = attrs.field(validator=_positive)
     conv_dtype: str = attrs.field(validator=_dtype)
     ssm_dtype: str = attrs.field(validator=_dtype)
-    num_spec: int = 0
+    num_spec: int = attrs.field(default=0, validator=_count)
     conv_layout: ConvLayout = attrs.field(default="DS", validator=attrs.validators.in_(("DS", "SD")))
+    conv_rows: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
+    #: recurrent state per value head: ``vk`` = (v_dim, k_dim) as vLLM, ``kv`` = (k_dim, v_dim) as transformers
+    state_order: Literal["vk", "kv"] = attrs.field(default="vk", validator=attrs.validators.in_(("vk", "kv")))
 
     MODEL_FIELDS: ClassVar[tuple[str, ...]] = (
         "k_heads", "k_dim", "v_heads", "v_dim", "conv_kernel", "conv_dtype", "ssm_dtype", "num_spec",
@@ -239,15 +266,17 @@ class GdnSpec:
             Segment("k", self.k_heads, self.k_dim),
             Segment("v", self.v_heads, self.v_dim),
         )
-        rows = self.conv_kernel - 1 + self.num_spec
+        rows, row_start = _conv_rows(self.conv_kernel - 1 + self.num_spec, self.conv_rows)
         axes, ext = _conv_axes(self.conv_layout, _local_extent(conv_segs, tp), rows)
         rec = (Segment("v_heads", self.v_heads, 1),)
         return (
-            Piece(name="conv", tensor="conv", axes=axes, extents=ext, starts=(0, 0),
+            Piece(name="conv", tensor="conv", axes=axes, extents=ext, starts=_row_starts(axes, row_start),
                   dtype=self.conv_dtype, itemsize=dtype_size(self.conv_dtype),
                   sharded_axis="channel", segments=conv_segs),
-            Piece(name="ssm", tensor="ssm", axes=("head", "v_dim", "k_dim"),
-                  extents=(_local_extent(rec, tp), self.v_dim, self.k_dim), starts=(0, 0, 0),
+            Piece(name="ssm", tensor="ssm",
+                  axes=("head", "v_dim", "k_dim") if self.state_order == "vk" else ("head", "k_dim", "v_dim"),
+                  extents=(_local_extent(rec, tp), *((self.v_dim, self.k_dim) if self.state_order == "vk"
+                                                     else (self.k_dim, self.v_dim))), starts=(0, 0, 0),
                   dtype=self.ssm_dtype, itemsize=dtype_size(self.ssm_dtype),
                   sharded_axis="head", segments=rec),
         )

@@ -18,33 +18,30 @@ legend, or an explicit list) and a pooling rule for the engine:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hybridxfer.layout._layout import BlockPolicy, Group, Layer, Layout, Region, View
+from hybridxfer.layout._kinds import LayerSpec
+from hybridxfer.layout._layout import Layout
+from hybridxfer.layout._parse import Collector, check_keys, parse_block, parse_specs, typed
+from hybridxfer.layout._parts import BlockPolicy, Group, Layer, Region, View
 from hybridxfer.layout._validate import is_token_spec
-
-if TYPE_CHECKING:
-    from hybridxfer.layout._dsl import _Collector
-    from hybridxfer.layout._kinds import LayerSpec
 
 __all__ = ["POOLINGS", "expand_model_form"]
 
 POOLINGS = ("hybrid-shared", "per-layer", "state-pools")
 
 
-def expand_model_form(data: dict[str, Any], col: _Collector) -> Layout | None:
-    from hybridxfer.layout._dsl import _check_keys, _typed, parse_block, parse_specs
-
-    _check_keys(col, "", data, {"format", "model", "specs", "engine"})
+def expand_model_form(data: dict[str, Any], col: Collector) -> Layout | None:
+    check_keys(col, "", data, {"format", "model", "specs", "engine"})
     model = data["model"]
-    _check_keys(col, "model", model, {"id", "pattern", "legend", "layers", "layer_name"})
+    check_keys(col, "model", model, {"id", "pattern", "legend", "layers", "layer_name"})
     model_id = model.get("id")
-    _typed(col, "model.id", model_id, str, "the model id string")
+    typed(col, "model.id", model_id, str, "the model id string")
     specs = parse_specs(col, data.get("specs", {}))
     engine = data.get("engine", {})
-    if not _typed(col, "engine", engine, dict, "a table"):
+    if not typed(col, "engine", engine, dict, "a table"):
         engine = {}
-    _check_keys(col, "engine", engine, {"pooling", "block"})
+    check_keys(col, "engine", engine, {"pooling", "block"})
     pooling = engine.get("pooling", "hybrid-shared")
     if pooling not in POOLINGS:
         col.add("engine.pooling", f"unknown pooling {pooling!r} (known: {', '.join(POOLINGS)})")
@@ -65,7 +62,13 @@ def expand_model_form(data: dict[str, Any], col: _Collector) -> Layout | None:
     for i, names in enumerate(per_layer):
         for spec_name in names:
             fmt = name_fmt if len(names) == 1 else name_fmt + ".{spec}"
-            layers.append(Layer(fmt.format(i=i, spec=spec_name), spec_name))
+            layers.append(Layer(fmt.format(i=i, spec=spec_name), spec_name, i))
+    # model layer indices are spelled out only where they differ from layout positions
+    # (cache-less layers, parallel hybrid blocks): what a pipeline split counts
+    default_indices = len(layers) == len(per_layer) and all(lay.index == i for i, lay in enumerate(layers))
+    model_layers: int | None = None if default_indices else len(per_layer)
+    if default_indices:
+        layers = [Layer(lay.name, lay.spec) for lay in layers]
     if pooling == "hybrid-shared":
         groups, regions = _hybrid_shared(layers, specs)
         block = BlockPolicy(block.logical, block.kernel, block.align, uniform_page=True)
@@ -74,11 +77,11 @@ def expand_model_form(data: dict[str, Any], col: _Collector) -> Layout | None:
     else:
         groups, regions = _state_pools(layers, specs)
     return Layout(model=model_id, specs=tuple(specs.items()), layers=tuple(layers),
-                  groups=tuple(groups), regions=tuple(regions), block=block)
+                  groups=tuple(groups), regions=tuple(regions), block=block, model_layers=model_layers)
 
 
 def _layer_specs(
-    model: dict[str, Any], specs: dict[str, LayerSpec], defined: set[str], col: _Collector
+    model: dict[str, Any], specs: dict[str, LayerSpec], defined: set[str], col: Collector
 ) -> list[list[str]] | None:
     """Spec names held by each model layer (empty list: the layer has no cache)."""
 

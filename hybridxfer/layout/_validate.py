@@ -1,20 +1,19 @@
 """Structural checks of a :class:`Layout`: names, references, coverage. TP-independent.
 
 Byte-level checks (pages that overlap within a group, shards that do not divide) need a
-TP size and live in :mod:`._instance`.
+TP size and live in :mod:`._placement`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from hybridxfer.errors import LayoutProblem
+from hybridxfer.layout._limits import MAX_BLOCK_TOKENS, MAX_PAGE_BYTES, MAX_SLABS
+from hybridxfer.layout._parts import LayoutParts
 
-if TYPE_CHECKING:
-    from hybridxfer.layout._layout import Layout
-
-__all__ = ["structural_problems", "is_token_spec"]
+__all__ = ["is_token_spec", "size_problems", "structural_problems"]
 
 
 def is_token_spec(kind_name: str) -> bool:
@@ -26,7 +25,19 @@ def _dupes(names: list[str]) -> list[str]:
     return sorted(n for n, c in Counter(names).items() if c > 1)
 
 
-def structural_problems(layout: Layout) -> list[LayoutProblem]:
+def _index_problems(layout: LayoutParts, bad: Callable[[str, str], None]) -> None:
+    """Model layer indices run in layout order (a pipeline split is contiguous in them)."""
+    last = -1
+    for i, lay in enumerate(layout.layers):
+        if lay.index is not None and (isinstance(lay.index, bool) or lay.index < max(last, 0)):
+            bad(f"layers[{i}].index", f"model layer index {lay.index} is below the previous layer's ({last}); "
+                "indices must be non-negative and never decrease in layer order")
+        last = i if lay.index is None else lay.index
+    if layout.model_layers is not None and layout.model_layers <= last:
+        bad("model_layers", f"the model has {layout.model_layers} layers but a layer has index {last}")
+
+
+def structural_problems(layout: LayoutParts) -> list[LayoutProblem]:
     out: list[LayoutProblem] = []
 
     def bad(path: str, message: str) -> None:
@@ -44,6 +55,7 @@ def structural_problems(layout: Layout) -> list[LayoutProblem]:
             bad(f"layers[{i}].spec", f"unknown spec {lay.spec!r} (defined: {', '.join(sorted(specs)) or 'none'})")
     if not layout.layers:
         bad("layers", "a layout needs at least one layer with a cache")
+    _index_problems(layout, bad)
     layer_spec = {lay.name: specs.get(lay.spec) for lay in layout.layers}
 
     # groups: every layer in exactly one group; one class of kind per group
@@ -115,4 +127,35 @@ def structural_problems(layout: Layout) -> list[LayoutProblem]:
         bad("block.kernel", f"must be a positive integer or 'logical', got {b.kernel!r}")
     if not isinstance(b.align, int) or b.align < 1:
         bad("block.align", f"must be a positive integer, got {b.align!r}")
+    out.extend(size_problems(layout))
+    return out
+
+
+def size_problems(layout: LayoutParts) -> list[LayoutProblem]:
+    """Every number of ``layout`` above its bound, each with its key path (TP-independent:
+    TP 1 holds the most bytes per rank)."""
+    out: list[LayoutProblem] = []
+    b = layout.block
+    for key in ("logical", "kernel", "align"):
+        value = getattr(b, key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_BLOCK_TOKENS:
+            out.append(LayoutProblem(f"must be at most {MAX_BLOCK_TOKENS:,} tokens, got {value:,}", path=f"block.{key}"))
+    # "equalise" gives an attention block at least `align` tokens
+    fewest = b.logical if b.logical != "equalise" else b.align
+    logical = fewest if isinstance(fewest, int) and 0 < fewest <= MAX_BLOCK_TOKENS else 1
+    for name, spec in layout.specs:
+        pieces = spec.pieces(1, 1)
+        per_block = sum(p.nbytes for p in pieces) * (logical if any(p.has_tokens for p in pieces) else 1)
+        if per_block > MAX_PAGE_BYTES:
+            what = f"{logical} tokens of K/V" if any(p.has_tokens for p in pieces) else "its state"
+            out.append(LayoutProblem(
+                f"one block holds {per_block:,} bytes ({what} at TP 1); the most a page may hold is "
+                f"{MAX_PAGE_BYTES:,}", path=f"specs.{name}"))
+    for ri, region in enumerate(layout.regions):
+        if region.slabs > MAX_SLABS:
+            out.append(LayoutProblem(f"must be at most {MAX_SLABS:,}, got {region.slabs:,}", path=f"regions[{ri}].slabs"))
+        for vi, view in enumerate(region.views):
+            if view.offset > MAX_PAGE_BYTES:
+                out.append(LayoutProblem(f"must be at most {MAX_PAGE_BYTES:,}, got {view.offset:,}",
+                                         path=f"regions[{ri}].views[{vi}].offset"))
     return out

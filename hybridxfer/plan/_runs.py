@@ -16,6 +16,8 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from hybridxfer.descriptors import Descriptors
+
 __all__ = ["AxisSpan", "Runs", "box_runs", "concat_runs"]
 
 Int64Array = npt.NDArray[np.int64]
@@ -73,7 +75,7 @@ def box_runs(
 
 
 def concat_runs(parts: list[Runs], coalesce: bool) -> Runs:
-    """Concatenate, then (optionally) merge rows contiguous on both sides."""
+    """Concatenate, then (optionally) merge rows contiguous on both sides, in destination order."""
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return Runs(empty, empty, empty)
@@ -82,17 +84,7 @@ def concat_runs(parts: list[Runs], coalesce: bool) -> Runs:
     length = np.concatenate([p.length for p in parts])
     if coalesce and src.shape[0] > 1:
         order = np.argsort(dst, kind="stable")
-        src, dst, length = src[order], dst[order], length[order]
-        starts = merge_starts(src, dst, length)
-        length = np.add.reduceat(length, starts)
-        src, dst = src[starts], dst[starts]
+        zero = np.zeros_like(src)
+        merged = Descriptors(zero, src[order], zero, dst[order], length[order]).coalesce()
+        src, dst, length = merged.src_offset, merged.dst_offset, merged.length
     return Runs(src, dst, length)
-
-
-def merge_starts(src: Int64Array, dst: Int64Array, length: Int64Array,
-                 *same: Int64Array) -> npt.NDArray[np.intp]:
-    """Indices that begin a merged run: rows that do not continue the previous one."""
-    cont = (src[:-1] + length[:-1] == src[1:]) & (dst[:-1] + length[:-1] == dst[1:])
-    for col in same:
-        cont &= col[:-1] == col[1:]
-    return np.flatnonzero(np.concatenate(([True], ~cont)))

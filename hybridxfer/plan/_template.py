@@ -18,10 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridxfer.errors import IncompatibleLayoutsError
-from hybridxfer.layout import TOKEN_AXIS, Piece, PlacedPiece, RankLayout
+from hybridxfer.layout import TOKEN_AXIS, Piece, PlacedPiece, RankLayout, model_fields
 from hybridxfer.plan._batch import Batch, make_batches
+from hybridxfer.plan._bind import bind
 from hybridxfer.plan._job import Job
 from hybridxfer.plan._plan import TransferPlan
+from hybridxfer.plan._prefix import CachedTokens
 from hybridxfer.plan._runs import AxisSpan, Runs, box_runs, concat_runs
 from hybridxfer.plan._sources import natural_sources, shard_intervals
 
@@ -54,11 +56,22 @@ class PlanTemplate:
         """
         runs = piece_runs(job.src.piece, self.src_tp, job.dst.piece, self.dst.tp, self.dst.rank,
                           tokens, self.coalesce)
-        return runs[job.src_rank] if job.src_rank in runs else next(iter(runs.values()))
+        local = job.src_rank % self.src_tp
+        return runs[local] if local in runs else next(iter(runs.values()))
 
     @property
     def src_tp(self) -> int:
-        return len(self.src)
+        return self.src[0].tp
+
+    @property
+    def src_pp(self) -> int:
+        return self.src[0].pp
+
+    @property
+    def src_region_names(self) -> tuple[str, ...]:
+        """Names the plan's source region indices refer to: every region of P's layout
+        (a pipeline stage registers only those it holds)."""
+        return _layout_region_names(self.src[0])
 
     @property
     def source_ranks(self) -> tuple[int, ...]:
@@ -70,42 +83,49 @@ class PlanTemplate:
         dst_blocks: Mapping[str, Sequence[int] | npt.NDArray[np.int64]],
         *,
         num_tokens: int | None = None,
+        dst_cached_tokens: CachedTokens | None = None,
     ) -> TransferPlan:
         """Bind a request's block IDs: see :func:`hybridxfer.plan.bind`."""
-        from hybridxfer.plan._bind import bind
-
-        return bind(self, src_blocks, dst_blocks, num_tokens=num_tokens)
+        return bind(self, src_blocks, dst_blocks, num_tokens=num_tokens, dst_cached_tokens=dst_cached_tokens)
 
 
-def compile_plan(src: Sequence[RankLayout], dst: RankLayout, *, coalesce: bool = True) -> PlanTemplate:
+def compile_plan(src: Sequence[RankLayout], dst: RankLayout, *, coalesce: bool = True,
+                 cache: bool = True) -> PlanTemplate:
     """Compile (cached) the template for D rank ``dst`` reading from P ranks ``src``.
 
-    ``src`` lists every P rank's layout, rank 0 first. Raises
+    ``src`` lists every P rank's layout in global rank order, rank 0 first: with
+    pipeline parallelism, TP rank ``t`` of stage ``s`` at ``s * P_TP + t``. Each layer D
+    holds is read from the P stage that holds it. Raises
     :class:`~hybridxfer.errors.IncompatibleLayoutsError` before any byte moves when the
-    layouts cannot be paired.
+    layouts cannot be paired. ``cache=False`` compiles afresh (what the first request of
+    a layout pair pays; the benchmarks measure it) and leaves the cache as it was.
     """
-    return _compile_cached(tuple(src), dst, coalesce)
+    return (_compile_cached if cache else _compile)(tuple(src), dst, coalesce)
 
 
-@lru_cache(maxsize=256)
-def _compile_cached(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool) -> PlanTemplate:
+def _compile(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool) -> PlanTemplate:
     _check_pairing(src, dst)
-    src_tp, dst_tp = len(src), dst.tp
+    src_tp, dst_tp = src[0].tp, dst.tp
     chunk = math.gcd(src[0].kernel_block_tokens, dst.kernel_block_tokens)
     jobs: list[Job] = []
     by_tensor: list[dict[tuple[str, str], list[PlacedPiece]]] = []
+    stage_of: dict[str, int] = {}  # layer -> the P stage that holds it
     for s_layout in src:
         index: dict[tuple[str, str], list[PlacedPiece]] = {}
         for pp in s_layout.placements:
             index.setdefault((pp.layer, pp.piece.tensor), []).append(pp)
+            stage_of[pp.layer] = s_layout.stage
         by_tensor.append(index)
+    region_of = {name: i for i, name in enumerate(_layout_region_names(src[0]))}
     for dst_pp in dst.placements:
         covered = 0
-        for rank, s_layout in enumerate(src):
+        stage = stage_of.get(dst_pp.layer, 0)
+        for local in range(src_tp):
+            rank, s_layout = stage * src_tp + local, src[stage * src_tp + local]
             for src_pp in by_tensor[rank].get((dst_pp.layer, dst_pp.piece.tensor), []):
                 for p_rank, runs in _pair_runs(src_pp, src_tp, dst_pp, dst_tp, dst.rank, chunk, coalesce).items():
-                    spread = _spread(src_pp, src_tp, dst_tp, dst.rank, rank)
-                    if (p_rank != rank and spread is None) or not len(runs):
+                    spread = _spread(src_pp, src_tp, dst_tp, dst.rank, local)
+                    if (p_rank != local and spread is None) or not len(runs):
                         continue
                     if spread is None or spread[0] == 0:
                         covered += runs.nbytes
@@ -113,7 +133,7 @@ def _compile_cached(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool
                     jobs.append(Job(
                         src_rank=rank, layer=dst_pp.layer, kind=dst_pp.kind,
                         src_group=src_pp.group, dst_group=dst_pp.group,
-                        src_region=s_layout.region_index(src_pp.region),
+                        src_region=region_of[src_pp.region],
                         dst_region=dst.region_index(dst_pp.region),
                         src=src_pp, dst=dst_pp, runs=runs, window=spec.sliding_window,
                         spread=spread or (0, 1),
@@ -122,10 +142,12 @@ def _compile_cached(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool
         expected = piece.nbytes * chunk // dst.kernel_block_tokens if piece.has_tokens else piece.nbytes
         if covered != expected:
             raise IncompatibleLayoutsError(
-                f"D rank {dst.rank} (TP={dst_tp}): piece {piece.name!r} of layer {dst_pp.layer!r} needs "
+                f"D rank {_rank_name(dst)} (TP={dst_tp}): piece {piece.name!r} of layer {dst_pp.layer!r} needs "
                 f"{expected} bytes per block but P (TP={src_tp}) provides {covered}: the shards do not match")
     jobs.sort(key=lambda j: (j.src_rank, j.dst_region, j.dst.base))
-    natural = natural_sources(src_tp, dst_tp, dst.rank)
+    # every P stage holding a layer D reads hears from D's natural sources in that stage
+    stages = sorted({stage_of.get(pp.layer, 0) for pp in dst.placements}) or [0]
+    natural = [s * src_tp + r for s in stages for r in natural_sources(src_tp, dst_tp, dst.rank)]
     notify = tuple(sorted(set(natural) | {j.src_rank for j in jobs}))
     kinds = tuple(sorted({j.kind for j in jobs}))
     return PlanTemplate(
@@ -135,15 +157,32 @@ def _compile_cached(src: tuple[RankLayout, ...], dst: RankLayout, coalesce: bool
     )
 
 
+_compile_cached = lru_cache(maxsize=256)(_compile)
+
+
 def _check_pairing(src: tuple[RankLayout, ...], dst: RankLayout) -> None:
     if not src:
         raise IncompatibleLayoutsError("no source ranks given")
-    src_tp = len(src)
-    for i, s in enumerate(src):
-        if s.tp != src_tp or s.rank != i:
+    src_tp, src_pp = src[0].tp, src[0].pp
+    if src_pp == 1 and src[0].partition is None:
+        src_tp = len(src)
+        for i, s in enumerate(src):
+            if s.tp != src_tp or s.rank != i or s.pp != 1:
+                raise IncompatibleLayoutsError(
+                    f"source layouts must be P ranks 0..{src_tp - 1} of one TP-{src_tp} engine; "
+                    f"position {i} holds rank {s.rank} of TP {s.tp}" + (f" (stage {s.stage} of PP {s.pp})"
+                                                                      if s.pp > 1 else ""))
+    else:
+        if len(src) != src_pp * src_tp:
             raise IncompatibleLayoutsError(
-                f"source layouts must be P ranks 0..{src_tp - 1} of one TP-{src_tp} engine; "
-                f"position {i} holds rank {s.rank} of TP {s.tp}")
+                f"source layouts must be all {src_pp * src_tp} ranks of one PP-{src_pp} x TP-{src_tp} engine "
+                f"(global rank = stage * TP + TP rank); got {len(src)}")
+        for i, s in enumerate(src):
+            if (s.tp, s.pp, s.partition, s.global_rank) != (src_tp, src_pp, src[0].partition, i):
+                raise IncompatibleLayoutsError(
+                    f"source layouts must be the ranks of one PP-{src_pp} x TP-{src_tp} engine in global rank "
+                    f"order (stage * TP + TP rank); position {i} holds {_rank_name(s)} of PP {s.pp} x TP {s.tp}")
+    for i, s in enumerate(src):
         if s.layout.digest != src[0].layout.digest:
             raise IncompatibleLayoutsError(f"P rank {i} has a different layout than P rank 0")
     if src[0].model_digest != dst.model_digest:
@@ -154,9 +193,16 @@ def _check_pairing(src: tuple[RankLayout, ...], dst: RankLayout) -> None:
             f"TP sizes P={src_tp} and D={dst.tp} are not divisible: one must divide the other")
 
 
-def _model_difference(a: RankLayout, b: RankLayout) -> str:
-    from hybridxfer.layout._kinds import model_fields
+def _rank_name(r: RankLayout) -> str:
+    """``3``, or ``(stage 1, TP rank 1)`` for a pipelined rank."""
+    return f"(stage {r.stage}, TP rank {r.rank})" if r.pp > 1 else str(r.rank)
 
+
+def _layout_region_names(r: RankLayout) -> tuple[str, ...]:
+    return r.region_names if r.pp == 1 and r.partition is None else tuple(x.name for x in r.layout.regions)
+
+
+def _model_difference(a: RankLayout, b: RankLayout) -> str:
     if a.layout.model != b.layout.model:
         return f"different models: P serves {a.layout.model!r}, D expects {b.layout.model!r}"
     la = {lay.name: model_fields(a.layout.layer_spec(lay.name)) for lay in a.layout.layers}

@@ -54,11 +54,11 @@ def _ranges(plan: TransferPlan, src: Sequence[RankLayout], dst: RankLayout, regi
                 continue
             start, stop = max(do, lo), min(do + n, hi)
             s_name = plan.src_region_names[sr]
-            s_page = src[reads.src_rank].region_page_bytes[src[reads.src_rank].region_index(s_name)]
+            s_page = src[reads.source_rank].region_page_bytes[src[reads.source_rank].region_index(s_name)]
             s = so + (start - do)
             while start < stop:
                 take = min(stop - start, s_page - s % s_page)
-                out.append(_Range(reads.src_rank, s_name, s // s_page, s % s_page, start - lo, take))
+                out.append(_Range(reads.source_rank, s_name, s // s_page, s % s_page, start - lo, take))
                 start, s = start + take, s + take
     return out
 

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridxfer.errors import ClosedTransportError, ConnectError, TransferError
-from hybridxfer.transport import MemoryRegion, PeerHandle, ReadBatch, Transport
+from hybridxfer.transport import Descriptors, MemoryRegion, PeerHandle, Transport
 
 __all__ = ["ConformanceFailure", "TransportFactory", "batch", "region_of"]
 
@@ -35,11 +35,11 @@ def region_of(name: str, array: U8) -> MemoryRegion:
 
 
 def batch(src_region: object, src_offset: object, dst_region: object, dst_offset: object,
-          length: object) -> ReadBatch:
+          length: object) -> Descriptors:
     cols = [np.atleast_1d(np.asarray(c, dtype=np.int64)) for c in (src_region, src_offset, dst_region, dst_offset, length)]
     n = max(len(c) for c in cols)
     full = [np.broadcast_to(c, (n,)).copy() for c in cols]
-    return ReadBatch(*full)
+    return Descriptors(*full)
 
 
 def _random(size: int, seed: int) -> U8:
@@ -124,7 +124,7 @@ async def check_zero_length(factory: TransportFactory) -> None:
     src, dst = _random(1024, 5), np.full(1024, SENTINEL, np.uint8)
     async with world(factory) as ([p], d):
         peer = await _setup(p, d, src, dst)
-        await d.read(peer, ReadBatch.empty())
+        await d.read(peer, Descriptors.empty())
         await d.read(peer, batch(0, [0, 10], 0, [0, 20], 0))
     expect_bytes(dst, np.full(1024, SENTINEL, np.uint8), "zero-length reads must move nothing")
 

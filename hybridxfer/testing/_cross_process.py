@@ -17,7 +17,8 @@ import numpy.typing as npt
 
 from hybridxfer._child import ChildLines, open_child
 from hybridxfer.errors import IncompatibleLayoutsError, TransferError
-from hybridxfer.plan import PlanStatistics, SourceReads, TransferPlan
+from hybridxfer.descriptors import Descriptors
+from hybridxfer.plan import PlanStatistics, TransferPlan
 from hybridxfer.testing._hybrid_check import check_full_hybrid_oracle
 from hybridxfer.testing._checks import SENTINEL, ConformanceFailure, expect_bytes
 from hybridxfer.testing._peer_process import StaticLayout, pattern_bytes
@@ -32,21 +33,21 @@ def make_plan(reads: Mapping[int, Sequence[object]], *, src_region_names: Sequen
               dst_blocks: Mapping[str, tuple[int, ...]] | None = None, dst_rank: int = 0) -> TransferPlan:
     """A ``TransferPlan`` from hand-written columns: ``{rank: (src_region, src_offset,
     dst_region, dst_offset, length)}`` (scalars broadcast). For tests, not engines."""
-    sources = []
+    sources: dict[int, Descriptors] = {}
     for rank in sorted(reads):
         cols = [np.atleast_1d(np.asarray(c, dtype=np.int64)) for c in reads[rank]]
         n = max(len(c) for c in cols)
         sr, so, dr, do, ln = (np.broadcast_to(c, (n,)).copy() for c in cols)
-        sources.append(SourceReads(rank, sr, so, dr, do, ln))
-    total = sum(s.total_bytes for s in sources)
+        sources[rank] = Descriptors(sr, so, dr, do, ln, src_rank=np.full(n, rank, dtype=np.int64))
+    descriptors = Descriptors.concat(list(sources.values()))
     stats = PlanStatistics(
-        bytes=total, bytes_by_kind={"raw": total}, padding_bytes_skipped=0,
-        descriptor_count=sum(len(s) for s in sources), descriptor_count_uncoalesced=sum(len(s) for s in sources),
-        bytes_by_source={s.src_rank: s.total_bytes for s in sources},
-        descriptors_by_source={s.src_rank: len(s) for s in sources},
+        bytes=descriptors.total_bytes, bytes_by_kind={"raw": descriptors.total_bytes}, padding_bytes_skipped=0,
+        descriptor_count=len(descriptors), descriptor_count_uncoalesced=len(descriptors),
+        bytes_by_source={rank: s.total_bytes for rank, s in sources.items()},
+        descriptors_by_source={rank: len(s) for rank, s in sources.items()},
     )
     return TransferPlan(
-        src_tp=max(reads, default=0) + 1, dst_tp=1, dst_rank=dst_rank, reads=tuple(sources),
+        src_tp=max(reads, default=0) + 1, dst_tp=1, dst_rank=dst_rank, descriptors=descriptors,
         src_region_names=tuple(src_region_names), dst_region_names=tuple(dst_region_names),
         notify_ranks=tuple(sorted(reads) if notify_ranks is None else notify_ranks),
         dst_blocks=dict(dst_blocks or {"kv": (0,)}), statistics=stats,

@@ -20,7 +20,7 @@ from hybridxfer._child import ChildLines, open_child
 from hybridxfer.layout import loads_layout
 from hybridxfer.plan import compile_plan, contiguous_block_tables
 from hybridxfer.testing._checks import ConformanceFailure
-from hybridxfer.testing.synthetic import blocks_for, destination_memory, expected_destination, mismatches
+from hybridxfer.synthetic import blocks_for, destination_memory, expected_destination, mismatches
 
 __all__ = ["HYBRID_LAYOUT", "check_full_hybrid_oracle", "spawn_hybrid_rank"]
 

@@ -2,7 +2,7 @@
 
 Run as ``python -m hybridxfer.testing._hybrid_peer --layout FILE --tp P --rank R --tokens N
 --transport NAME [--options JSON]``. It resolves the layout for its rank, fills its
-regions with :func:`~hybridxfer.testing.synthetic.source_memory`, registers them, prints
+regions with :func:`~hybridxfer.synthetic.source_memory`, registers them, prints
 ``META <hex>``, then ``DONE <request> <peer>`` per completed request, until stdin closes.
 ``hybridxfer serve`` and the conformance suite's hybrid check both run this.
 """
@@ -24,7 +24,7 @@ async def serve_rank(layout_text: str, *, tp: int, rank: int, tokens: int, trans
     from hybridxfer.execute import Agent
     from hybridxfer.layout import loads_layout
     from hybridxfer.testing._peer_process import announce_and_serve
-    from hybridxfer.testing.synthetic import blocks_for, source_memory
+    from hybridxfer.synthetic import blocks_for, source_memory
 
     layout = loads_layout(layout_text)
     rank_layout = layout.for_rank(tp, rank, num_blocks=blocks_for(layout, tp, tokens, rank=rank))

@@ -46,9 +46,6 @@ class StaticLayout:
     digest: str
     model_digest: str
 
-    def to_json(self) -> str:
-        return json.dumps({"digest": self.digest, "model_digest": self.model_digest})
-
 
 async def _serve(args: argparse.Namespace) -> None:
     from hybridxfer.execute import Agent

@@ -3,23 +3,24 @@
 Why a wrapper: killing processes at the right byte is racy; wrapping any transport and
 failing *exactly* the Nth read, stalling it, losing a notification or dropping the
 connection mid-batch turns each fault-table row into a deterministic test — for every
-transport, since the wrapper only uses the public contract.
+transport, since the wrapper only uses the public contract (a
+:class:`~hybridxfer.transport.DelegatingTransport` overriding ``read`` and ``notify``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import anyio
 
+from hybridxfer.descriptors import Descriptors
 from hybridxfer.errors import TransferError
-from hybridxfer.transport import MemoryRegion, Notification, PeerHandle, ReadBatch, Transport, TransportCapabilities
+from hybridxfer.transport import DelegatingTransport, PeerHandle, Transport
 
 __all__ = ["FaultInjectingTransport"]
 
 
-class FaultInjectingTransport:
+class FaultInjectingTransport(DelegatingTransport):
     """Wraps ``inner``; counts reads/notifies from 1 and injects the configured faults.
 
     * ``fail_read``: the Nth read raises :class:`TransferError` before moving a byte.
@@ -33,38 +34,14 @@ class FaultInjectingTransport:
     def __init__(self, inner: Transport, *, fail_read: int | None = None, stall_read: int | None = None,
                  stall_seconds: float = math.inf, break_read: int | None = None,
                  drop_notification: int | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.fail_read, self.stall_read, self.break_read = fail_read, stall_read, break_read
         self.stall_seconds = stall_seconds
         self.drop_notification = drop_notification
         self.reads = 0
         self.notifications = 0
 
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def capabilities(self) -> TransportCapabilities:
-        return self.inner.capabilities
-
-    async def __aenter__(self) -> FaultInjectingTransport:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def register(self, regions: Sequence[MemoryRegion]) -> None:
-        await self.inner.register(regions)
-
-    def local_metadata(self) -> bytes:
-        return self.inner.local_metadata()
-
-    async def connect(self, metadata: bytes) -> PeerHandle:
-        return await self.inner.connect(metadata)
-
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         """Like the inner read, with the configured fault. Cancellation: as the inner read
         (a stalled read is simply abandoned)."""
         self.reads += 1
@@ -86,9 +63,3 @@ class FaultInjectingTransport:
             await anyio.lowlevel.checkpoint()
             return
         await self.inner.notify(peer, message)
-
-    async def next_notification(self) -> Notification:
-        return await self.inner.next_notification()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

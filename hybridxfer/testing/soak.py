@@ -19,7 +19,8 @@ import anyio
 import attrs
 
 from hybridxfer.testing.faults import FaultInjectingTransport
-from hybridxfer.transport import PeerHandle, ReadBatch, Transport
+from hybridxfer.descriptors import Descriptors
+from hybridxfer.transport import PeerHandle, Transport
 
 __all__ = ["RandomFaultTransport", "ResourceSnapshot", "resource_snapshot", "wait_settled"]
 
@@ -105,7 +106,7 @@ class RandomFaultTransport(FaultInjectingTransport):
         self.p_fail, self.p_stall, self.p_break, self.p_drop = p_fail, p_stall, p_break, p_drop
         self.injected: dict[str, int] = {"fail": 0, "stall": 0, "break": 0, "drop": 0}
 
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         """One read with at most one random fault. Cancellation: as the inner read."""
         n = self.reads + 1
         draw = self._rng.random()

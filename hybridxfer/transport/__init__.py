@@ -1,7 +1,12 @@
-"""Transports: the wire contract, the registry, and the built-in loopback and TCP wires."""
+"""Transports: the wire contract, the registry, and the built-in loopback and TCP wires.
+
+A transport receives :class:`~hybridxfer.descriptors.Descriptors` (re-exported here with
+the bounds checks every transport applies) and moves them as they are.
+"""
 
 from __future__ import annotations
 
+from hybridxfer.descriptors import Descriptors, bounds_problem, check_bounds
 from hybridxfer.transport._protocol import (
     MemoryKind,
     MemoryRegion,
@@ -11,8 +16,11 @@ from hybridxfer.transport._protocol import (
     Transport,
     TransportCapabilities,
 )
+from hybridxfer.transport._wrapper import DelegatingTransport
 
 __all__ = [
+    "DelegatingTransport",
+    "Descriptors",
     "MemoryKind",
     "MemoryRegion",
     "Notification",
@@ -20,4 +28,6 @@ __all__ = [
     "ReadBatch",
     "Transport",
     "TransportCapabilities",
+    "bounds_problem",
+    "check_bounds",
 ]

@@ -1,11 +1,14 @@
 """The transport contract: the few async operations every wire must offer.
 
 A transport moves *byte ranges*; it knows nothing of layouts, layers or TP ranks. The
-executor hands it one :class:`ReadBatch` per source rank — columnar ``int64`` arrays of
-(src region, src offset, dst region, dst offset, length) — and the transport makes those
-bytes appear in local memory, one-sided (NIXL READ) or two-sided (TCP, UCXX: the peer
-serves the ranges we ask for). Batching, deadlines, retries, metrics and fault injection
-live above this layer, so a new transport stays small.
+executor hands it :class:`~hybridxfer.descriptors.Descriptors` — the plan's own columnar
+``int64`` rows of (src region, src offset, dst region, dst offset, length), already
+coalesced, mapped onto the peer's and our registration order and split at
+``max_descriptors_per_read`` — and the transport makes those bytes appear in local memory,
+one-sided (NIXL READ) or two-sided (TCP, UCXX: the peer serves the ranges we ask for). It
+checks them with :func:`~hybridxfer.descriptors.check_bounds` and moves them as they are.
+Batching, deadlines, retries, metrics and fault injection live above this layer, so a new
+transport stays small.
 
 Lifecycle::
 
@@ -14,7 +17,7 @@ Lifecycle::
         await transport.register(regions) # local memory others may read / we read into
         meta = transport.local_metadata() # bytes to publish to peers
         peer = await transport.connect(peer_meta)
-        await transport.read(peer, batch)             # bytes land in our regions
+        await transport.read(peer, descriptors)       # bytes land in our regions
         await transport.notify(peer, b"req-7:done")   # peer's next_notification() sees it
 """
 
@@ -24,8 +27,9 @@ from collections.abc import Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import attrs
-import numpy as np
-import numpy.typing as npt
+
+from hybridxfer.descriptors import Descriptors
+from hybridxfer.errors import RegistrationError
 
 __all__ = [
     "MemoryKind",
@@ -39,8 +43,6 @@ __all__ = [
 
 MemoryKind = Literal["host", "cuda"]
 
-Int64Array = npt.NDArray[np.int64]
-
 
 @attrs.frozen
 class TransportCapabilities:
@@ -51,7 +53,8 @@ class TransportCapabilities:
     one_sided: bool = False
     #: True when ``notify`` / ``next_notification`` work.
     notifications: bool = True
-    #: Largest number of descriptors one ``read`` call accepts; the executor splits above it.
+    #: Largest number of descriptors one ``read`` call accepts; the executor splits above it
+    #: (``None``: any number).
     max_descriptors_per_read: int | None = None
 
 
@@ -71,48 +74,14 @@ class MemoryRegion:
 
     def __attrs_post_init__(self) -> None:
         if self.length < 0:
-            raise ValueError(f"region {self.name!r}: negative length {self.length}")
+            raise RegistrationError(f"region {self.name!r}: negative length {self.length}")
         if self.address <= 0 and self.length > 0:
-            raise ValueError(f"region {self.name!r}: null address")
+            raise RegistrationError(f"region {self.name!r}: null address")
 
 
-@attrs.frozen(eq=False)
-class ReadBatch:
-    """Descriptors for one read from one peer, as parallel ``int64`` columns.
-
-    ``src_region`` indexes the *peer's* registered regions (in its registration order, as
-    published in its metadata); ``dst_region`` indexes ours. Every row must lie inside its
-    regions; transports re-check this on the serving side and refuse the whole batch with no
-    byte moved otherwise.
-    """
-
-    src_region: Int64Array
-    src_offset: Int64Array
-    dst_region: Int64Array
-    dst_offset: Int64Array
-    length: Int64Array
-
-    def __len__(self) -> int:
-        return int(self.length.shape[0])
-
-    @property
-    def total_bytes(self) -> int:
-        return int(self.length.sum()) if len(self) else 0
-
-    @classmethod
-    def empty(cls) -> ReadBatch:
-        z = np.zeros(0, dtype=np.int64)
-        return cls(z, z, z, z, z)
-
-    def slice(self, start: int, stop: int) -> ReadBatch:
-        """Rows ``[start, stop)``, sharing memory with this batch."""
-        return ReadBatch(
-            self.src_region[start:stop],
-            self.src_offset[start:stop],
-            self.dst_region[start:stop],
-            self.dst_offset[start:stop],
-            self.length[start:stop],
-        )
+#: The name transports used for :class:`~hybridxfer.descriptors.Descriptors` before it
+#: was the one descriptor type of planner and wire; kept so existing transports still import.
+ReadBatch = Descriptors
 
 
 @attrs.frozen
@@ -134,7 +103,7 @@ class PeerHandle(Protocol):
 
     @property
     def region_names(self) -> Sequence[str]:
-        """The peer's registered regions, in the order ``ReadBatch.src_region`` indexes."""
+        """The peer's registered regions, in the order ``Descriptors.src_region`` indexes."""
         ...
 
 
@@ -155,7 +124,11 @@ class Transport(Protocol):
     async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def register(self, regions: Sequence[MemoryRegion]) -> None:
-        """Register local memory. May be called more than once; names must be unique."""
+        """Register local memory. May be called more than once; names must be unique.
+
+        Raises :class:`~hybridxfer.errors.RegistrationError` for a name registered twice
+        or memory of a kind not in ``capabilities.memory_kinds``.
+        """
         ...
 
     def local_metadata(self) -> bytes:
@@ -166,12 +139,22 @@ class Transport(Protocol):
         """Connect to the peer described by ``metadata``. Raises :class:`ConnectError`."""
         ...
 
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         """Copy every row of ``batch`` from the peer's memory into ours.
 
-        Returns when all bytes have landed. Raises :class:`TransferError` (or a subclass)
-        on failure. On cancellation the destination ranges are undefined (possibly partly
-        written) and the transport remains usable for other reads.
+        ``src_region`` indexes the *peer's* regions (``peer.region_names`` order),
+        ``dst_region`` ours (registration order); ``src_rank`` is not used. Every row
+        must lie inside its regions: one that does not refuses the whole read
+        (:func:`~hybridxfer.descriptors.check_bounds`) with no byte moved — on the
+        serving side too, for two-sided transports.
+
+        Returns when all bytes have landed. Raises :class:`TransferError` (or a subclass,
+        e.g. :class:`TransferTimeout`) on failure, :class:`ConnectError` when the peer
+        cannot be reached, :class:`BrokenTransportError` when the connection died,
+        :class:`ProtocolError` for a malformed reply and :class:`ClosedTransportError`
+        after ``aclose()``, each with the native error as ``__cause__``. On cancellation the destination ranges are
+        undefined (possibly partly written) and the transport remains usable for other
+        reads.
         """
         ...
 

@@ -20,15 +20,15 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 import numpy as np
 
-from hybridxfer.errors import ClosedTransportError, ConnectError, TransferError
-from hybridxfer.transport._protocol import (
-    MemoryRegion,
-    Notification,
-    PeerHandle,
-    ReadBatch,
-    TransportCapabilities,
+from hybridxfer.descriptors import Descriptors, check_bounds
+from hybridxfer.errors import (
+    ClosedTransportError,
+    ConnectError,
+    NotStartedError,
+    RegistrationError,
+    TransferError,
 )
-from hybridxfer.transport._ranges import coalesce_pairs, find_range_problem
+from hybridxfer.transport._protocol import MemoryRegion, Notification, PeerHandle, TransportCapabilities
 
 __all__ = ["LoopbackPeer", "LoopbackTransport"]
 
@@ -106,9 +106,9 @@ class LoopbackTransport:
         names = {r.name for r in self._regions}
         for region in regions:
             if region.kind != "host":
-                raise ValueError(f"loopback transport only handles host memory, not {region.kind}")
+                raise RegistrationError(f"loopback transport only handles host memory, not {region.kind}")
             if region.name in names:
-                raise ValueError(f"region {region.name!r} is already registered")
+                raise RegistrationError(f"region {region.name!r} is already registered")
             names.add(region.name)
         self._regions.extend(regions)
 
@@ -143,7 +143,7 @@ class LoopbackTransport:
             raise TransferError(f"loopback peer {target.agent_name!r} is closed")
         return target
 
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         """Copy the batch's ranges from the peer's regions into ours.
 
         Every row is checked against both sides' registrations first; any bad row refuses
@@ -154,25 +154,20 @@ class LoopbackTransport:
         self._check_open()
         target = self._peer_target(peer)
         src_regions, dst_regions = target.regions, self.regions
-        problem = find_range_problem(
-            batch.src_region, batch.src_offset, batch.length, [r.length for r in src_regions]
-        ) or find_range_problem(
-            batch.dst_region, batch.dst_offset, batch.length, [r.length for r in dst_regions]
-        )
-        if problem is not None:
-            log.warning("loopback %s: refused read from %s: %s", self.agent_name, target.agent_name, problem)
-            raise TransferError(f"read refused, no bytes moved: {problem}")
-        sr, so, dr, do, ln = coalesce_pairs(
-            batch.src_region, batch.src_offset, batch.dst_region, batch.dst_offset, batch.length
-        )
-        if len(ln) == 0:
+        try:
+            check_bounds(batch, src_lengths=[r.length for r in src_regions],
+                         dst_lengths=[r.length for r in dst_regions])
+        except TransferError as exc:
+            log.warning("loopback %s: refused read from %s: %s", self.agent_name, target.agent_name, exc)
+            raise
+        if len(batch) == 0:
             await anyio.lowlevel.checkpoint()
             return
         src_base = np.array([r.address for r in src_regions], dtype=np.int64)
         dst_base = np.array([r.address for r in dst_regions], dtype=np.int64)
-        src_addr = (src_base[sr] + so).tolist()
-        dst_addr = (dst_base[dr] + do).tolist()
-        lengths = ln.tolist()
+        src_addr = (src_base[batch.src_region] + batch.src_offset).tolist()
+        dst_addr = (dst_base[batch.dst_region] + batch.dst_offset).tolist()
+        lengths = batch.length.tolist()
         since = 0
         for i, (d, s, n) in enumerate(zip(dst_addr, src_addr, lengths, strict=True)):
             ctypes.memmove(d, s, n)
@@ -200,7 +195,7 @@ class LoopbackTransport:
         """Wait for the next notification. Cancellation consumes nothing."""
         self._check_open()
         if self._receive is None:
-            raise ClosedTransportError(f"loopback transport {self.agent_name!r} was never entered")
+            raise NotStartedError(f"loopback transport {self.agent_name!r} was never entered")
         try:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError) as exc:

@@ -16,7 +16,7 @@ from hybridxfer.bench._results import CaseResult, spread
 from hybridxfer.layout import RankLayout, load_layout
 from hybridxfer.plan import TransferPlan
 from hybridxfer.plan import compile_plan, contiguous_block_tables
-from hybridxfer.testing.synthetic import blocks_for
+from hybridxfer.synthetic import blocks_for
 
 LAYOUTS = Path(__file__).resolve().parents[2] / "layouts"
 NEMOTRON = LAYOUTS / "nemotron-3-nano-30b-a3b.toml"
@@ -95,3 +95,13 @@ def test_quick_run_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path
         assert case["runs"] >= 5
     assert any(c["verified"] for c in doc["cases"])
     assert all(p["matches"] for p in doc["planner"])
+
+
+def test_plugins_bring_their_raw_paths_through_an_entry_point() -> None:
+    from hybridxfer.bench._raw import raw_plugin
+
+    ucxx_raw = raw_plugin("ucxx")
+    assert ucxx_raw.__name__ == "hybridxfer_ucxx.raw"
+    assert {"RawReceiver", "RawSender"} <= set(ucxx_raw.__all__)
+    with pytest.raises(RuntimeError, match=r"no raw carrier-pigeon path is installed .* has \[.*'ucxx'.*\]\); install hybridxfer-carrier-pigeon"):
+        raw_plugin("carrier-pigeon")

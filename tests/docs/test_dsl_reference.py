@@ -15,19 +15,19 @@ from pathlib import Path
 import attrs
 
 from hybridxfer.layout import KINDS
-from hybridxfer.layout import _dsl, _modelform
+from hybridxfer.layout import _memoryform, _modelform, _parse
 
 ROOT = Path(__file__).resolve().parents[2]
 DSL_MD = ROOT / "docs" / "dsl.md"
 
-# (module, unparsed path argument of _check_keys) -> the docs table that lists its keys
+# (module, unparsed path argument of check_keys) -> the docs table that lists its keys
 TABLES = {
-    ("_dsl", "''"): "memory",
-    ("_dsl", "path"): "block",
-    ("_dsl", "f'layers[{i}]'"): "layers",
-    ("_dsl", "f'groups[{i}]'"): "groups",
-    ("_dsl", "p"): "regions",
-    ("_dsl", "vp"): "views",
+    ("_memoryform", "''"): "memory",
+    ("_parse", "path"): "block",
+    ("_memoryform", "f'layers[{i}]'"): "layers",
+    ("_memoryform", "f'groups[{i}]'"): "groups",
+    ("_memoryform", "p"): "regions",
+    ("_memoryform", "vp"): "views",
     ("_modelform", "''"): "model-form",
     ("_modelform", "'model'"): "model",
     ("_modelform", "'engine'"): "engine",
@@ -36,15 +36,15 @@ TABLES = {
 
 def _code_tables() -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
-    for module in (_dsl, _modelform):
+    for module in (_memoryform, _parse, _modelform):
         name = module.__name__.rsplit(".", 1)[1]
         tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_check_keys":
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "check_keys":
                 key = (name, ast.unparse(node.args[1]))
-                assert key in TABLES, f"new _check_keys call {key}: document its keys in docs/dsl.md"
+                assert key in TABLES, f"new check_keys call {key}: document its keys in docs/dsl.md"
                 allowed = node.args[3]
-                keys = _dsl._TOP_KEYS if isinstance(allowed, ast.Name) else ast.literal_eval(allowed)
+                keys = _memoryform._TOP_KEYS if isinstance(allowed, ast.Name) else ast.literal_eval(allowed)
                 out[TABLES[key]] = set(keys)
     return out
 

@@ -21,7 +21,7 @@ from hybridxfer.errors import LayoutError, TransferTimeout
 from hybridxfer.layout import Layout, RankLayout, load_layout
 from hybridxfer.plan import compile_plan, contiguous_block_tables
 from hybridxfer.testing.faults import FaultInjectingTransport
-from hybridxfer.testing.synthetic import (
+from hybridxfer.synthetic import (
     blocks_for,
     destination_memory,
     expected_destination,

@@ -13,9 +13,9 @@ from hybridxfer.hf import (
     SUPPORTED_ARCHITECTURES,
     UnsupportedModelError,
     layout_from_hf_config,
-    main_from_hf,
     write_layout_from_hf,
 )
+from hybridxfer.cli._from_hf import main_from_hf
 from hybridxfer.layout import load_layout, loads_layout
 
 ROOT = Path(__file__).resolve().parents[2]

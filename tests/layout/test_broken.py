@@ -3,13 +3,13 @@
 Each file in ``broken/`` starts with a comment header the test parses::
 
     # for_rank: tp=4                       (optional: the error shows at for_rank, not load)
-    # xfail: lead: <known layout-model bug> (optional: expectation is right, code is not yet)
+    # xfail: <known layout-model bug>       (optional: expectation is right, code is not yet)
     # expect: line=12 path=specs.x.dtype message=unknown dtype 'bf16'
 
 ``line=-`` / ``path=-`` mean "none". Every ``expect`` must match a distinct reported
 problem (line and path exactly, message by substring), and every reported problem must be
 expected — except the known cascade where a legend names a spec that is defined but
-invalid (see ``test_lead_bugs.py``).
+invalid (see ``test_dsl_edge_cases.py``).
 """
 
 from __future__ import annotations

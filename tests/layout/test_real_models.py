@@ -1,8 +1,9 @@
 """The layouts in ``layouts/`` hold exactly the bytes vLLM 0.33 holds for each real model.
 
-Every expected number is read from ``../shared/models/hybrid-models.json`` at test time
-(never copied here), so a wrong dimension in a layout file, or a wrong rule in the layout
-model, shows up as a byte count that differs from the independently derived reference.
+Every expected number is read from ``tests/data/hybrid-models.json`` at test time (never
+copied into this file), so a wrong dimension in a layout file, or a wrong rule in the layout
+model, shows up as a byte count that differs from the independently derived reference
+(``tests/data/README.md`` says where those numbers come from).
 """
 
 from __future__ import annotations

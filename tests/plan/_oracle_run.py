@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from hybridxfer.layout import Layout, RankLayout
 from hybridxfer.plan import TransferPlan, compile_plan, contiguous_block_tables
-from hybridxfer.testing.oracle import (
-    RankSpec,
-    Request,
-    blank_destination,
-    execute_memcpy,
-    expected_memory,
-    fill_source_memory,
-)
+from hybridxfer.synthetic import RankSpec, Request, blank_destination, expected_memory, fill_source_memory
+from hybridxfer.testing.oracle import execute_memcpy
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,8 +46,16 @@ def check_pairing(
     dst_ranks: list[int] | None = None,
     coalesce: bool = True,
     spare_blocks: int = 1,
+    dst_cached_tokens: int | Mapping[str, int] | None = None,
+    oracle_cached_tokens: int | Mapping[str, int] | None = None,
+    tamper: Callable[[TransferPlan, RankLayout], TransferPlan] | None = None,
 ) -> list[TransferPlan]:
-    """Assert every byte of every D rank equals the oracle's expectation; return the plans."""
+    """Assert every byte of every D rank equals the oracle's expectation; return the plans.
+
+    ``dst_cached_tokens`` goes to the planner and (unless ``oracle_cached_tokens`` says
+    otherwise, as negative controls do) to the oracle; ``tamper`` alters each plan before
+    it runs (a deliberately wrong plan the oracle must catch).
+    """
     probe = src_layout.for_rank(src_tp, 0, num_blocks=1, logical_block_tokens=src_sizes[0],
                                 kernel_block_tokens=src_sizes[1])
     nb_src = blocks_needed(probe, tokens) + spare_blocks
@@ -71,10 +74,15 @@ def check_pairing(
                                   logical_block_tokens=dst_sizes[0], kernel_block_tokens=dst_sizes[1])
         dst_blocks = contiguous_block_tables(dst, tokens)
         template = compile_plan(src, dst, coalesce=coalesce)
-        plan = template.bind(src_blocks, dst_blocks, num_tokens=tokens)
+        plan = template.bind(src_blocks, dst_blocks, num_tokens=tokens, dst_cached_tokens=dst_cached_tokens)
+        if tamper is not None:
+            plan = tamper(plan, dst)
         dst_mem = blank_destination(dst_layout, rank_spec(dst))
         execute_memcpy(plan, src_mems, dst_mem)
-        expected = expected_memory(dst_layout, rank_spec(dst), Request(dst_blocks, tokens),
+        cached = dst_cached_tokens if oracle_cached_tokens is None else oracle_cached_tokens
+        per_group = ({} if cached is None else dict(cached) if isinstance(cached, Mapping)
+                     else {g.name: cached for g in dst_layout.groups})
+        expected = expected_memory(dst_layout, rank_spec(dst), Request(dst_blocks, tokens, per_group),
                                    chunk_tokens=template.chunk_tokens)
         for name in dst.region_names:
             got, want = dst_mem[name], expected[name]

@@ -12,14 +12,8 @@ from hypothesis import strategies as st
 from hybridxfer.errors import LayoutError
 from hybridxfer.layout import Layout, loads_layout
 from hybridxfer.plan import compile_plan
-from hybridxfer.testing.oracle import (
-    RankSpec,
-    Request,
-    blank_destination,
-    execute_memcpy,
-    expected_memory,
-    fill_source_memory,
-)
+from hybridxfer.synthetic import RankSpec, Request, blank_destination, expected_memory, fill_source_memory
+from hybridxfer.testing.oracle import execute_memcpy
 
 TOKEN_SPECS = {
     "attention": 'kind = "attention"\nnum_kv_heads = {heads}\nhead_dim = 4\ndtype = "bfloat16"\nkv = "{kv}"\norder = "{order}"',

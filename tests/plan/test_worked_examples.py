@@ -1,4 +1,4 @@
-"""The spec's worked examples (../shared/spec/hybrid-transfer.md §9), number for number.
+"""The transfer specification's worked examples (its §9), number for number.
 
 Nemotron-3-Nano-30B with FP8 KV cache and FlashInfer's 16-token kernel blocks — the
 configuration vLLM's own tests use — so logical block sizes differ between TP sizes.
@@ -72,7 +72,7 @@ def _state_rows(plan: TransferPlan, src_block: int, src_page: int, dst_block: in
     for read in plan.reads:
         for sr, so, dr, do, ln in read.rows():
             if sr == s_idx and dr == d_idx and dst_block * dst_page <= do < (dst_block + 1) * dst_page:
-                out.setdefault(read.src_rank, []).append((so - src_block * src_page, do - dst_block * dst_page, ln))
+                out.setdefault(read.source_rank, []).append((so - src_block * src_page, do - dst_block * dst_page, ln))
     return {k: sorted(v, key=lambda t: t[1]) for k, v in out.items()}
 
 
@@ -126,7 +126,7 @@ def test_example_2_p4_to_d2_fan_in(layout: Layout, d: int) -> None:
     for i, rank in enumerate((2 * d, 2 * d + 1)):
         assert rows[rank] == [(0, 6144 * i, 6144), (6144, 12288 + 1536 * i, 1536),
                               (7680, 15360 + 1536 * i, 1536), (9216, 18432 + 524288 * i, 524288)]
-    attention_sources = {r.src_rank for r in plan.reads
+    attention_sources = {r.source_rank for r in plan.reads
                          for row in r.rows() if row[4] == 4096}
     assert attention_sources == {2 * d}
 

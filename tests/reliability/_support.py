@@ -17,10 +17,16 @@ import numpy.typing as npt
 
 from hybridxfer.execute import Agent, Peer
 from hybridxfer.layout import Layout, RankLayout, loads_layout
-from hybridxfer.plan import compile_plan, contiguous_block_tables
+from hybridxfer.plan import compile_plan
 from hybridxfer.testing._hybrid_check import HYBRID_LAYOUT
-from hybridxfer.testing.oracle import RankSpec, Request, blank_destination, expected_memory
-from hybridxfer.testing.synthetic import blocks_for, source_memory
+from hybridxfer.synthetic import (
+    RankSpec,
+    Request,
+    blank_destination,
+    blocks_for,
+    expected_memory,
+    source_memory,
+)
 from hybridxfer.transport import Transport
 from hybridxfer.transport.registry import open_transport
 
@@ -60,13 +66,6 @@ def hybrid_layout(**knobs: int | str) -> Layout:
 
 def rank_layout(layout: Layout, tp: int, rank: int, tokens: int, requests: int = 1) -> RankLayout:
     return layout.for_rank(tp, rank, num_blocks=blocks_for(layout, tp, tokens, requests=requests, rank=rank))
-
-
-def request_tables(r: RankLayout, tokens: int, index: int) -> dict[str, list[int]]:
-    """Block tables of the ``index``-th request of ``tokens`` tokens (contiguous, disjoint)."""
-    base = contiguous_block_tables(r, tokens)
-    per = sum(len(ids) for ids in base.values())
-    return {group: [b + index * per for b in ids] for group, ids in base.items()}
 
 
 def _spec(r: RankLayout) -> RankSpec:

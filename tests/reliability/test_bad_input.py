@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import anyio
 import numpy as np
 import pytest
 
-from hybridxfer.errors import BlockIdError, IncompatibleLayoutsError, TransferTimeout
+from hybridxfer.errors import BlockIdError, IncompatibleLayoutsError, LayoutError, TransferTimeout
 from hybridxfer.execute import Agent
+from hybridxfer.layout import Mamba2Spec, loads_layout
 from hybridxfer.plan import compile_plan, contiguous_block_tables
 from tests.reliability._support import HybridWorld, hybrid_layout, hybrid_world, rank_layout
 
@@ -122,3 +124,40 @@ async def test_incompatible_peer(case: str) -> None:
                 with pytest.raises(IncompatibleLayoutsError, match=fragment):
                     await d.connect(ps[0].metadata())
     assert (memory == 0xAB).all()
+
+
+NEMOTRON_TEXT = (Path(__file__).resolve().parents[2] / "layouts" / "nemotron-3-nano-30b-a3b.toml").read_text()
+
+OVERSIZED = {
+    "d_state_1e20": ("d_state = 128 ", "d_state = 100000000000000000000 ", "specs.mamba.d_state",
+                     "must be at most 1,048,576"),
+    "d_state_1e9": ("d_state = 128 ", "d_state = 1000000000 ", "specs.mamba.d_state", "must be at most 1,048,576"),
+    "num_spec": ("conv_layout = \"DS\"", "conv_layout = \"DS\"\nnum_spec = 1048577", "specs.mamba.num_spec",
+                 "must be an integer in [0, 1,048,576]"),
+    "state_page": ("d_state = 128 ", "d_state = 1000000 ", "specs.mamba", "the most a page may hold is 4,294,967,296"),
+    "kv_page": ("num_kv_heads = 2 ", "num_kv_heads = 1000000 ", "specs.attention",
+                "the most a page may hold is 4,294,967,296"),
+    "align": ("align = 16", "align = 2000000", "block.align", "must be at most 1,048,576 tokens"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERSIZED))
+def test_oversized_numbers_are_layout_errors(case: str) -> None:
+    """A number no model has is refused when the file is loaded — one ``LayoutError``
+    naming the key — never an ``OverflowError`` or a multi-terabyte allocation later."""
+    old, new, path, fragment = OVERSIZED[case]
+    assert old in NEMOTRON_TEXT
+    with pytest.raises(LayoutError) as caught:
+        loads_layout(NEMOTRON_TEXT.replace(old, new, 1), source="big.toml")
+    [problem] = [p for p in caught.value.problems if p.path == path]
+    assert fragment in problem.message and problem.file == "big.toml"
+    # block keys are checked on the expanded memory form, which the model form has no line for
+    assert problem.line is not None or path.startswith("block.")
+
+
+def test_numbers_at_the_bounds_load() -> None:
+    """The negative control: the bounds themselves are allowed."""
+    layout = loads_layout(NEMOTRON_TEXT.replace("n_groups = 8 ", "n_groups = 1048576 ", 1)
+                          .replace("num_kv_heads = 2 ", "num_kv_heads = 1 ", 1), source="edge.toml")
+    mamba = dict(layout.specs)["mamba"]
+    assert isinstance(mamba, Mamba2Spec) and mamba.n_groups == 1 << 20

@@ -19,6 +19,7 @@ from hybridxfer.errors import TransferError, TransferTimeout
 from hybridxfer.execute import Agent
 from hybridxfer.layout import loads_layout
 from hybridxfer.plan import compile_plan, contiguous_block_tables
+from hybridxfer.synthetic import request_tables
 from hybridxfer.testing._hybrid_check import spawn_hybrid_rank
 from hybridxfer.testing.soak import RandomFaultTransport, resource_snapshot, wait_settled
 from tests.reliability._support import (
@@ -29,7 +30,6 @@ from tests.reliability._support import (
     hybrid_text,
     hybrid_world,
     rank_layout,
-    request_tables,
     transport,
 )
 

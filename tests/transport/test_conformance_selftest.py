@@ -11,14 +11,14 @@ import pytest
 
 from hybridxfer.testing import _checks as checks
 from hybridxfer.testing.checker import ConformanceFailure, check_transport
-from hybridxfer.transport import PeerHandle, ReadBatch
+from hybridxfer.transport import Descriptors, PeerHandle
 from hybridxfer.transport.loopback import LoopbackPeer, LoopbackTransport
 
 
 class DropsLastRow(LoopbackTransport):
     """Silently skips the last descriptor of every read."""
 
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         await super().read(peer, batch.slice(0, max(0, len(batch) - 1)))
 
 
@@ -36,7 +36,7 @@ class NotifiesTwice(LoopbackTransport):
 class NoBoundsCheck(LoopbackTransport):
     """Copies whatever is asked for (within the test's own allocations) without checking."""
 
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         assert isinstance(peer, LoopbackPeer)
         src, dst = peer.target.regions, self.regions
         for sr, so, dr, do, ln in zip(*(c.tolist() for c in (batch.src_region, batch.src_offset,

@@ -3,8 +3,10 @@
 A connection carries one request at a time (the reply is a raw byte stream), so
 concurrency comes from several connections per peer. A connection whose stream position
 became unknown — cancelled mid-reply, peer error, timeout — is closed, never reused; the
-pool opens a fresh one on the next read, which is also how a restarted peer is reached
-again.
+pool opens a fresh one on the next read. A fresh connection to a peer that restarted on
+the same address reaches *another* process with other memory: its CHALLENGE carries the
+server's incarnation, and a mismatch with the one in the metadata is refused with
+:class:`~hybridxfer.errors.PeerRestartedError` before a single READ is sent.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from collections.abc import Sequence
 import anyio
 import attrs
 
-from hybridxfer.errors import AuthenticationError, BrokenTransportError, ConnectError, ProtocolError, TransferError
+from hybridxfer.descriptors import Descriptors, merge_ranges
+from hybridxfer.errors import (
+    AuthenticationError,
+    BrokenTransportError,
+    ConnectError,
+    PeerRestartedError,
+    ProtocolError,
+    TransferError,
+    TransferTimeout,
+)
 from hybridxfer.transport.tcp import _wire
 from hybridxfer.transport.tcp._io import recv_exactly, recv_runs_in_thread, send_views
 from hybridxfer.transport.tcp._server import close_socket, tune_socket
@@ -27,8 +38,6 @@ from hybridxfer.transport.tcp._server import close_socket, tune_socket
 __all__ = ["ClientOptions", "TcpConnection", "TcpPeer"]
 
 log = logging.getLogger("hybridxfer.transport.tcp.client")
-
-Runs = tuple[_wire.Int64Array, _wire.Int64Array, _wire.Int64Array]
 
 
 @attrs.frozen
@@ -51,8 +60,11 @@ class TcpConnection:
         self._seq = 0
 
     @classmethod
-    async def open(cls, host: str, port: int, options: ClientOptions) -> TcpConnection:
-        """Connect and authenticate both ways. Cancellation closes the half-open socket."""
+    async def open(cls, host: str, port: int, options: ClientOptions, incarnation: str = "") -> TcpConnection:
+        """Connect and authenticate both ways. Cancellation closes the half-open socket.
+
+        ``incarnation``: the server's, as its metadata published it; a server answering with
+        another raises :class:`PeerRestartedError` (nothing sent but the connect)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -66,8 +78,11 @@ class TcpConnection:
                 if code:
                     raise ConnectError(f"cannot connect to {host}:{port}: {os.strerror(code)}")
                 conn = cls(sock, options)
-                await conn._authenticate(host, port)
+                await conn._authenticate(host, port, incarnation)
             return conn
+        except PeerRestartedError:
+            close_socket(sock)
+            raise
         except TimeoutError as exc:
             close_socket(sock)
             raise ConnectError(f"connecting to {host}:{port} timed out") from exc
@@ -84,36 +99,42 @@ class TcpConnection:
         payload = await recv_exactly(self._sock, length, stall) if length else b""
         return frame_type, _wire.decode_payload(frame_type, payload)
 
-    async def _authenticate(self, host: str, port: int) -> None:
+    async def _authenticate(self, host: str, port: int, incarnation: str) -> None:
         opts = self._options
         frame_type, challenge = await self._frame()
         if not isinstance(challenge, _wire.Challenge):
             raise ProtocolError(f"expected CHALLENGE, got {frame_type.name}")
+        if incarnation and challenge.incarnation != incarnation:
+            raise PeerRestartedError(f"the server at {host}:{port} restarted", peer=challenge.name,
+                                     old_incarnation=incarnation, new_incarnation=challenge.incarnation)
         nonce = os.urandom(_wire.NONCE_BYTES)
         mac = _wire.client_mac(opts.secret, challenge.nonce, nonce, opts.client_name)
         auth = _wire.encode_frame(_wire.FrameType.AUTH, nonce + mac + opts.client_name.encode())
         await send_views(self._sock, [auth], opts.stall_timeout)
         frame_type, reply = await self._frame()
         if frame_type is _wire.FrameType.AUTH_FAIL:
-            raise AuthenticationError(f"peer {challenge.server_name!r} at {host}:{port} refused our secret")
+            raise AuthenticationError(f"peer {challenge.name!r} at {host}:{port} refused our secret")
         if not isinstance(reply, bytes) or frame_type is not _wire.FrameType.AUTH_OK:
             raise ProtocolError(f"expected AUTH_OK, got {frame_type.name}")
         if not hmac.compare_digest(reply, _wire.server_mac(opts.secret, challenge.nonce, nonce)):
             raise AuthenticationError(f"peer at {host}:{port} does not know the shared secret")
 
-    async def read(self, src_region: _wire.Int64Array, src_offset: _wire.Int64Array,
-                   length: _wire.Int64Array, region_views: Sequence[memoryview], dst_runs: Runs,
-                   total: int) -> None:
-        """One READ round trip; bytes land in ``dst_runs`` in order (no intermediate copy).
+    async def read(self, descriptors: Descriptors, region_views: Sequence[memoryview]) -> None:
+        """One READ round trip: the source columns go out as they are, the reply's bytes land
+        straight in ``region_views`` at the destination columns (no intermediate copy).
 
-        ``dst_runs`` are (region, offset, length) columns over ``region_views``, in the
-        order the requested bytes arrive. A refusal (``READ_ERR``) raises :class:`TransferError` and leaves the connection
+        The reply is one byte stream in row order, so destination rows that continue each
+        other are received as one buffer (:func:`~hybridxfer.descriptors.merge_ranges`).
+        A refusal (``READ_ERR``) raises :class:`TransferError` and leaves the connection
         usable; anything else raises and leaves it unusable (the caller closes it).
         """
+        d = descriptors
         self._seq += 1
         seq = self._seq
         stall = self._options.stall_timeout
-        await send_views(self._sock, _wire.encode_read_request(seq, src_region, src_offset, length), stall)
+        total = d.total_bytes
+        dst_runs = merge_ranges(d.dst_region, d.dst_offset, d.length)
+        await send_views(self._sock, _wire.encode_read_request(seq, d.src_region, d.src_offset, d.length), stall)
         frame_type, reply = await self._frame()
         if isinstance(reply, _wire.ReadError) and reply.seq == seq:
             raise TransferError(f"peer refused the read, no bytes moved: {reply.reason}")
@@ -140,8 +161,10 @@ class TcpPeer:
     """A pool of up to ``max_connections`` connections to one peer's server."""
 
     def __init__(self, *, name: str, region_names: Sequence[str], region_lengths: Sequence[int],
-                 host: str, port: int, options: ClientOptions, max_connections: int) -> None:
+                 host: str, port: int, options: ClientOptions, max_connections: int,
+                 incarnation: str = "") -> None:
         self._name = name
+        self.incarnation = incarnation
         self._region_names = tuple(region_names)
         self.region_lengths = tuple(region_lengths)
         self.host, self.port = host, port
@@ -164,52 +187,77 @@ class TcpPeer:
 
     async def warm_up(self) -> None:
         """Open and authenticate one connection now, so connect() fails early and typed."""
-        self._idle.append(await TcpConnection.open(self.host, self.port, self._options))
+        self._idle.append(await TcpConnection.open(self.host, self.port, self._options, self.incarnation))
 
     async def _acquire(self) -> TcpConnection:
         if self._idle:
             return self._idle.pop()
-        return await TcpConnection.open(self.host, self.port, self._options)
+        return await TcpConnection.open(self.host, self.port, self._options, self.incarnation)
 
-    async def read(self, src_region: _wire.Int64Array, src_offset: _wire.Int64Array,
-                   length: _wire.Int64Array, region_views: Sequence[memoryview], dst_runs: Runs,
-                   total: int) -> None:
-        """Run one READ on a pooled connection. Cancellation closes that connection only."""
+    async def read(self, descriptors: Descriptors, region_views: Sequence[memoryview]) -> None:
+        """Run one READ on a pooled connection. Cancellation closes that connection only.
+
+        Errors keep their class: a refusal is a :class:`TransferError`, a peer that
+        cannot be reached a :class:`ConnectError`, a connection that died a
+        :class:`BrokenTransportError`, a malformed reply a :class:`ProtocolError`, a
+        stall past ``stall_timeout`` a :class:`TransferTimeout`.
+        """
         async with self._limiter:
             if self._closed:
-                raise TransferError(f"connection pool to {self._name!r} is closed")
+                raise BrokenTransportError(f"connection pool to {self._name!r} is closed")
+            pooled = bool(self._idle)
+            conn = await self._acquire()
             try:
-                conn = await self._acquire()
-            except ConnectError as exc:
-                raise TransferError(f"cannot reach peer {self._name!r}: {exc}") from exc
-            try:
-                await conn.read(src_region, src_offset, length, region_views, dst_runs, total)
+                await conn.read(descriptors, region_views)
             except TransferError:
                 self._release(conn)
                 raise
-            except (BrokenTransportError, ProtocolError) as exc:
+            except BrokenTransportError as exc:
                 conn.close()
-                raise TransferError(f"read from {self._name!r} failed: {exc}") from exc
+                if pooled:  # an idle connection that died while parked: see who answers now
+                    await self._check_restarted(exc)
+                raise
+            except ProtocolError:
+                conn.close()
+                raise
             except TimeoutError as exc:
                 conn.close()
-                raise TransferError(f"peer {self._name!r} stalled for {self._options.stall_timeout}s") from exc
+                raise TransferTimeout(f"peer {self._name!r} stalled for {self._options.stall_timeout}s") from exc
             except BaseException:
                 conn.close()
                 raise
             self._release(conn)
 
+    async def _check_restarted(self, broken: BrokenTransportError) -> None:
+        """After a parked connection broke: raise :class:`PeerRestartedError` if another
+        incarnation now answers at the address; otherwise return (the caller raises
+        ``broken``). The probe connection, if any, joins the pool: nothing was read on it."""
+        try:
+            conn = await TcpConnection.open(self.host, self.port, self._options, self.incarnation)
+        except PeerRestartedError as exc:
+            raise exc from broken
+        except ConnectError:
+            return
+        self._release(conn)
+
     async def notify(self, message: bytes) -> None:
-        """Deliver one notification and wait for the peer's ack. Cancellation: maybe delivered."""
+        """Deliver one notification and wait for the peer's ack. Cancellation: maybe delivered.
+
+        Raises :class:`ConnectError` (peer unreachable), :class:`BrokenTransportError`
+        (the connection died or stalled) or :class:`ProtocolError`.
+        """
         async with self._limiter:
-            try:
-                conn = await self._acquire()
-            except ConnectError as exc:
-                raise TransferError(f"cannot reach peer {self._name!r}: {exc}") from exc
+            if self._closed:
+                raise BrokenTransportError(f"connection pool to {self._name!r} is closed")
+            conn = await self._acquire()
             try:
                 await conn.notify(message)
-            except (BrokenTransportError, ProtocolError, TimeoutError) as exc:
+            except (BrokenTransportError, ProtocolError):
                 conn.close()
-                raise TransferError(f"notification to {self._name!r} failed: {exc}") from exc
+                raise
+            except TimeoutError as exc:
+                conn.close()
+                raise BrokenTransportError(f"notification to {self._name!r} stalled: {exc}") from exc
             except BaseException:
                 conn.close()
                 raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import socket
 import threading
 from collections.abc import Sequence
@@ -29,8 +30,10 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridxfer.errors import BrokenTransportError
+from hybridxfer.transport._protocol import MemoryRegion
 
-__all__ = ["IOV_MAX", "recv_exactly", "recv_into_views", "recv_runs_in_thread", "send_runs", "send_views"]
+__all__ = ["IOV_MAX", "recv_exactly", "recv_into_views", "recv_runs_in_thread", "region_view", "send_runs",
+           "send_views"]
 
 Int64Array = npt.NDArray[np.int64]
 
@@ -38,6 +41,14 @@ Int64Array = npt.NDArray[np.int64]
 IOV_MAX = 1024
 # Syscalls in a row that found data ready before we yield to the loop anyway (fairness).
 _SPINS_PER_CHECKPOINT = 64
+
+
+def region_view(region: MemoryRegion) -> memoryview:
+    """A writable byte view of a registered host region (no copy; the owner keeps it alive)."""
+    if region.length == 0:
+        return memoryview(bytearray(0))
+    buf = (ctypes.c_char * region.length).from_address(region.address)
+    return memoryview(buf).cast("B")
 
 
 async def _wait_readable(sock: socket.socket, stall_timeout: float | None) -> None:

@@ -11,7 +11,7 @@ Why it is built this way:
   is sent; one bad row refuses the whole batch (``READ_ERR``), is logged, and the
   connection stays usable. We never serve memory that was not registered.
 * Data leaves with ``sendmsg`` straight from the registered regions (no copy), with
-  adjacent source ranges merged first.
+  source ranges that continue each other sent as one buffer.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import anyio
 import anyio.abc
 import attrs
 
+from hybridxfer.descriptors import bounds_problem, merge_ranges
 from hybridxfer.errors import BrokenTransportError, ProtocolError
 from hybridxfer.transport._protocol import MemoryRegion, Notification
-from hybridxfer.transport._ranges import coalesce_runs, find_range_problem
 from hybridxfer.transport.tcp import _wire
 from hybridxfer.transport.tcp._io import recv_exactly, send_runs, send_views
 
@@ -62,8 +62,10 @@ class TcpServer:
         secret: bytes,
         notifications: anyio.abc.ObjectSendStream[Notification],
         limits: ServerLimits,
+        incarnation: str = "",
     ) -> None:
         self._name = name
+        self._incarnation = incarnation
         self._regions = regions
         self._secret = secret
         self._notifications = notifications
@@ -127,7 +129,7 @@ class TcpServer:
 
     async def _authenticate(self, conn: socket.socket, where: str) -> str:
         nonce = os.urandom(_wire.NONCE_BYTES)
-        challenge = _wire.encode_frame(_wire.FrameType.CHALLENGE, nonce + self._name.encode())
+        challenge = _wire.encode_frame(_wire.FrameType.CHALLENGE, nonce + f"{self._name}\0{self._incarnation}".encode())
         await send_views(conn, [challenge], self._limits.stall_timeout)
         frame_type, payload = await self._read_frame(conn, None)
         if frame_type is not _wire.FrameType.AUTH or not isinstance(payload, _wire.Auth):
@@ -156,15 +158,14 @@ class TcpServer:
 
     async def _serve_read(self, conn: socket.socket, client: str, req: _wire.ReadRequest) -> None:
         entries = self._regions()
-        problem = find_range_problem(
-            req.src_region, req.src_offset, req.length, [r.length for r, _ in entries]
-        )
+        problem = bounds_problem(req.src_region, req.src_offset, req.length, [r.length for r, _ in entries],
+                                 side="source")
         if problem is not None:
             log.warning("tcp server %s: refused READ %d from %s, no byte served: %s", self._name, req.seq, client, problem)
             err = _wire.encode_read_error(req.seq, problem)
             await send_views(conn, [err], self._limits.stall_timeout)
             return
-        region, offset, length = coalesce_runs(req.src_region, req.src_offset, req.length)
+        region, offset, length = merge_ranges(req.src_region, req.src_offset, req.length)
         total = int(length.sum()) if len(length) else 0
         log.debug("tcp server %s: READ %d from %s: %d rows, %d runs, %d bytes", self._name, req.seq, client, len(req.length), len(length), total)
         await send_views(conn, [_wire.encode_read_ok(req.seq, total)], self._limits.stall_timeout)

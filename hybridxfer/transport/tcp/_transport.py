@@ -15,22 +15,31 @@ import json
 import logging
 import math
 import os
+import secrets
 import socket
 from collections.abc import Sequence
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 import anyio.abc
-import numpy as np
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from hybridxfer.errors import AuthenticationError, ClosedTransportError, ConnectError, TransferError
-from hybridxfer.transport._protocol import MemoryRegion, Notification, PeerHandle, ReadBatch, TransportCapabilities
-from hybridxfer.transport._ranges import coalesce_pairs, coalesce_runs, find_range_problem, region_view
+from hybridxfer.descriptors import Descriptors, check_bounds
+from hybridxfer.errors import (
+    AuthenticationError,
+    ClosedTransportError,
+    ConnectError,
+    NotStartedError,
+    RegistrationError,
+    TransferError,
+    TransportError,
+)
+from hybridxfer.transport._protocol import MemoryRegion, Notification, PeerHandle, TransportCapabilities
 from hybridxfer.transport.tcp import _wire
 from hybridxfer.transport.tcp._client import ClientOptions, TcpPeer
+from hybridxfer.transport.tcp._io import region_view
 from hybridxfer.transport.tcp._server import ServerLimits, TcpServer, close_socket
 
-__all__ = ["TcpTransport"]
+__all__ = ["SECRET_ENV", "TcpTransport", "is_loopback"]
 
 log = logging.getLogger("hybridxfer.transport.tcp")
 
@@ -54,7 +63,11 @@ class TcpTransport:
     Options: ``name`` (agent name), ``host``/``port`` (listen address, default 127.0.0.1
     and an ephemeral port), ``secret`` (str or bytes; default ``$HYBRIDXFER_SECRET``),
     ``connections_per_peer`` (parallel connections used to split one large read),
-    ``split_bytes`` (smallest read worth splitting), timeouts in seconds.
+    ``split_bytes`` (smallest read worth splitting), timeouts in seconds, ``incarnation``
+    (this transport's random id, default a fresh one: published in the metadata and in
+    every CHALLENGE, so a reader reconnecting to a restarted server refuses it before
+    reading — :class:`~hybridxfer.errors.PeerRestartedError`; an
+    :class:`~hybridxfer.execute.Agent` adopts it as its own incarnation).
 
     Serving runs in a task group entered by ``__aenter__``; close it (``async with``) from
     the task that entered it.
@@ -74,6 +87,7 @@ class TcpTransport:
         stall_timeout: float = 30.0,
         handshake_timeout: float = 10.0,
         max_connections: int = 256,
+        incarnation: str | None = None,
     ) -> None:
         raw = secret if secret is not None else os.environ.get(SECRET_ENV)
         self._secret = raw.encode() if isinstance(raw, str) else (raw or b"")
@@ -82,6 +96,9 @@ class TcpTransport:
                 f"refusing to listen on {host} without a shared secret: pass secret= or set {SECRET_ENV}"
             )
         self.agent_name = name
+        self.incarnation = incarnation if incarnation is not None else secrets.token_hex(8)
+        if len(name.encode()) + 1 + len(self.incarnation.encode()) > _wire.MAX_NAME_BYTES:
+            raise ValueError(f"agent name and incarnation exceed {_wire.MAX_NAME_BYTES} bytes: {name!r}")
         self._host, self._port = host, port
         self._advertise = advertise_host or host
         self._connections_per_peer = max(1, connections_per_peer)
@@ -108,7 +125,7 @@ class TcpTransport:
     def capabilities(self) -> TransportCapabilities:
         return TransportCapabilities(
             memory_kinds=frozenset({"host"}), one_sided=False, notifications=True,
-            max_descriptors_per_read=None,
+            max_descriptors_per_read=_wire.MAX_DESCRIPTORS_PER_READ,
         )
 
     @property
@@ -133,7 +150,7 @@ class TcpTransport:
         self._port = listener.getsockname()[1]
         self._send, self._receive = anyio.create_memory_object_stream[Notification](math.inf)
         server = TcpServer(name=self.agent_name, regions=lambda: self._regions, secret=self._secret,
-                           notifications=self._send, limits=self._limits)
+                           notifications=self._send, limits=self._limits, incarnation=self.incarnation)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(server.serve, listener, self._task_group)
@@ -144,8 +161,10 @@ class TcpTransport:
         await self.aclose()
 
     def _check_open(self) -> None:
-        if self._closed or self._task_group is None:
-            raise ClosedTransportError(f"tcp transport {self.agent_name!r} is closed or not entered")
+        if self._closed:
+            raise ClosedTransportError(f"tcp transport {self.agent_name!r} is closed")
+        if self._task_group is None:
+            raise NotStartedError(f"tcp transport {self.agent_name!r} was never entered (use 'async with')")
 
     async def register(self, regions: Sequence[MemoryRegion]) -> None:
         """Register host regions; peers may read them as soon as this returns."""
@@ -154,7 +173,10 @@ class TcpTransport:
         new = []
         for region in regions:
             if region.name in names:
-                raise ValueError(f"region {region.name!r} is already registered")
+                raise RegistrationError(f"region {region.name!r} is already registered")
+            if region.kind != "host":
+                raise RegistrationError(f"region {region.name!r}: the tcp transport handles host memory only, "
+                                        f"not {region.kind}")
             names.add(region.name)
             new.append((region, region_view(region)))
         self._regions.extend(new)
@@ -164,7 +186,7 @@ class TcpTransport:
         self._check_open()
         doc = {
             "v": _METADATA_VERSION, "transport": "tcp", "name": self.agent_name,
-            "host": self._advertise, "port": self._port,
+            "host": self._advertise, "port": self._port, "incarnation": self.incarnation,
             "regions": [[r.name, r.length] for r, _ in self._regions],
         }
         return json.dumps(doc, sort_keys=True).encode()
@@ -175,12 +197,13 @@ class TcpTransport:
         try:
             doc = json.loads(metadata)
             if doc.get("v") != _METADATA_VERSION or doc.get("transport") != "tcp":
-                raise ValueError(f"not tcp metadata v{_METADATA_VERSION}")
+                raise ConnectError(f"not tcp metadata v{_METADATA_VERSION}")
             regions = [(str(n), int(length)) for n, length in doc["regions"]]
             peer = TcpPeer(name=str(doc["name"]), region_names=[n for n, _ in regions],
                            region_lengths=[length for _, length in regions], host=str(doc["host"]),
                            port=int(doc["port"]), options=self._client,
-                           max_connections=self._connections_per_peer)
+                           max_connections=self._connections_per_peer,
+                           incarnation=str(doc.get("incarnation", "")))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ConnectError(f"malformed tcp metadata: {exc}") from exc
         await peer.warm_up()
@@ -194,69 +217,44 @@ class TcpTransport:
             raise TypeError(f"not a tcp peer: {peer!r}")
         return peer
 
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
-        """Read the batch from the peer straight into our registered regions.
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
+        """Read the descriptors from the peer straight into our registered regions.
 
-        Split into READ frames of at most 65,536 descriptors and, above ``split_bytes``,
-        across ``connections_per_peer`` connections in parallel. Cancellation leaves the
-        destination ranges undefined and closes the connections that were mid-reply; the
-        transport and the peer stay usable.
+        One READ frame (at most ``max_descriptors_per_read`` rows, which the executor
+        splits at) and, above ``split_bytes``, one frame per connection of
+        ``connections_per_peer`` in parallel. Cancellation leaves the destination ranges
+        undefined and closes the connections that were mid-reply; the transport and the
+        peer stay usable.
         """
         tcp_peer = self._tcp_peer(peer)
         if len(batch) == 0:
             await anyio.lowlevel.checkpoint()
             return
-        problem = find_range_problem(batch.dst_region, batch.dst_offset, batch.length,
-                                     [r.length for r, _ in self._regions])
-        if problem is not None:
-            raise TransferError(f"read refused, destination outside our registered memory: {problem}")
+        check_bounds(batch, dst_lengths=[r.length for r, _ in self._regions])
         parts = self._split(batch)
+        views = [v for _, v in self._regions]
         if len(parts) == 1:
-            await self._read_part(tcp_peer, parts[0])
+            await tcp_peer.read(parts[0], views)
             return
         failures: list[BaseException] = []
         async with anyio.create_task_group() as tg:
             for part in parts:
-                tg.start_soon(self._guarded_part, tcp_peer, part, failures, tg.cancel_scope)
+                tg.start_soon(self._guarded_part, tcp_peer, part, views, failures, tg.cancel_scope)
         if failures:
             raise failures[0]
 
-    def _split(self, batch: ReadBatch) -> list[ReadBatch]:
-        rows = len(batch)
-        pieces = max(1, -(-rows // _wire.MAX_DESCRIPTORS_PER_READ))
-        if self._connections_per_peer > 1 and batch.total_bytes >= self._split_bytes:
-            pieces = max(pieces, self._connections_per_peer)
-        if pieces == 1:
-            return [batch]
-        # Cut where the cumulative byte count crosses each 1/pieces mark, capped per frame.
-        cum = np.cumsum(batch.length)
-        marks = np.searchsorted(cum, cum[-1] * np.arange(1, pieces) / pieces, side="right")
-        cuts = sorted({0, rows, *[int(m) for m in marks]})
-        out: list[ReadBatch] = []
-        for a, b in zip(cuts, cuts[1:], strict=False):
-            for s in range(a, b, _wire.MAX_DESCRIPTORS_PER_READ):
-                out.append(batch.slice(s, min(b, s + _wire.MAX_DESCRIPTORS_PER_READ)))
-        return out
+    def _split(self, batch: Descriptors) -> tuple[Descriptors, ...]:
+        """One part per frame; several, for parallel connections, when the read is large."""
+        parallel = self._connections_per_peer > 1 and batch.total_bytes >= self._split_bytes
+        return batch.split(_wire.MAX_DESCRIPTORS_PER_READ, parts=self._connections_per_peer if parallel else 1)
 
-    async def _guarded_part(self, peer: TcpPeer, part: ReadBatch, failures: list[BaseException],
-                            scope: anyio.CancelScope) -> None:
+    async def _guarded_part(self, peer: TcpPeer, part: Descriptors, views: Sequence[memoryview],
+                            failures: list[BaseException], scope: anyio.CancelScope) -> None:
         try:
-            await self._read_part(peer, part)
-        except TransferError as exc:
+            await peer.read(part, views)
+        except TransportError as exc:
             failures.append(exc)
             scope.cancel()
-
-    async def _read_part(self, peer: TcpPeer, part: ReadBatch) -> None:
-        sr, so, dr, do, ln = coalesce_pairs(part.src_region, part.src_offset, part.dst_region,
-                                            part.dst_offset, part.length)
-        if len(ln) == 0:
-            # Only empty rows: still let the peer check their regions (same refusal rules).
-            sr, so, ln = part.src_region, part.src_offset, part.length
-            dst_runs = (ln[:0], ln[:0], ln[:0])
-        else:
-            dst_runs = coalesce_runs(dr, do, ln)
-        views = [v for _, v in self._regions]
-        await peer.read(sr, so, ln, views, dst_runs, int(ln.sum()))
 
     async def notify(self, peer: PeerHandle, message: bytes) -> None:
         """Deliver ``message``; returns after the peer acknowledged it (exactly once).
@@ -264,7 +262,7 @@ class TcpTransport:
         Cancellation: the message may or may not have been delivered.
         """
         if len(message) > _wire.MAX_NOTIFY_BYTES:
-            raise ValueError(f"notification of {len(message)} bytes exceeds {_wire.MAX_NOTIFY_BYTES}")
+            raise TransportError(f"notification of {len(message)} bytes exceeds {_wire.MAX_NOTIFY_BYTES}")
         await self._tcp_peer(peer).notify(bytes(message))
 
     async def next_notification(self) -> Notification:
@@ -272,7 +270,7 @@ class TcpTransport:
         if self._closed:
             raise ClosedTransportError(f"tcp transport {self.agent_name!r} is closed")
         if self._receive is None:
-            raise ClosedTransportError(f"tcp transport {self.agent_name!r} was never entered")
+            raise NotStartedError(f"tcp transport {self.agent_name!r} was never entered")
         try:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError) as exc:

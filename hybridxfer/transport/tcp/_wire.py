@@ -12,7 +12,7 @@ many raw bytes follow, so the receiver can ``recv_into`` its destination memory 
 
 Frames (C = client, the reading D side; S = server, the serving P side)::
 
-    CHALLENGE  S->C  nonce[32] server_name
+    CHALLENGE  S->C  nonce[32] server_name [NUL incarnation]
     AUTH       C->S  nonce[32] mac[32] client_name
     AUTH_OK    S->C  mac[32]                    (proves the server knows the secret too)
     AUTH_FAIL  S->C  reason
@@ -114,7 +114,17 @@ def payload_limit(frame_type: FrameType) -> int:
 @attrs.frozen
 class Challenge:
     nonce: bytes
+    #: The server's agent name, then (after a NUL) the serving transport's incarnation: a
+    #: client reconnecting to a known address tells a restarted server before it reads.
     server_name: str
+
+    @property
+    def name(self) -> str:
+        return self.server_name.partition("\0")[0]
+
+    @property
+    def incarnation(self) -> str:
+        return self.server_name.partition("\0")[2]
 
 
 @attrs.frozen
@@ -169,7 +179,7 @@ def parse_header(header: bytes | bytearray | memoryview) -> tuple[FrameType, int
 
 def encode_frame(frame_type: FrameType, payload: bytes = b"") -> bytes:
     if len(payload) > _LIMITS[frame_type]:
-        raise ValueError(f"{frame_type.name} payload of {len(payload)} bytes exceeds its limit")
+        raise ProtocolError(f"{frame_type.name} payload of {len(payload)} bytes exceeds its limit")
     return HEADER.pack(MAGIC, VERSION, frame_type, len(payload)) + payload
 
 
@@ -179,7 +189,7 @@ def encode_read_request(
     """Header + columns as separate buffers (for ``sendmsg``; no join copy)."""
     count = len(length)
     if count > MAX_DESCRIPTORS_PER_READ:
-        raise ValueError(f"{count} descriptors exceed {MAX_DESCRIPTORS_PER_READ} per READ frame")
+        raise ProtocolError(f"{count} descriptors exceed {MAX_DESCRIPTORS_PER_READ} per READ frame")
     cols = [np.ascontiguousarray(c, dtype=_I8).tobytes() for c in (src_region, src_offset, length)]
     size = _READ_HEAD.size + 24 * count
     return [HEADER.pack(MAGIC, VERSION, FrameType.READ, size), _READ_HEAD.pack(seq, count), *cols]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hybridxfer.errors import ClosedTransportError, ConnectError, TransferError, TransferTimeout
-from hybridxfer.transport import MemoryRegion, ReadBatch, Transport
+from hybridxfer.transport import Descriptors, MemoryRegion, Transport
 
 from nixl_harness import PeerProcess
 from hybridxfer_nixl import NixlTransport
@@ -25,16 +25,16 @@ pytestmark = pytest.mark.asyncio
 MiB = 1 << 20
 
 
-def batch(rows: list[tuple[int, int, int, int, int]]) -> ReadBatch:
+def batch(rows: list[tuple[int, int, int, int, int]]) -> Descriptors:
     cols = np.array(rows, dtype=np.int64).reshape(-1, 5).T
-    return ReadBatch(*(np.ascontiguousarray(c) for c in cols))
+    return Descriptors(*(np.ascontiguousarray(c) for c in cols))
 
 
-def pieces_batch(total: int, piece: int, seed: int) -> tuple[ReadBatch, np.ndarray]:
+def pieces_batch(total: int, piece: int, seed: int) -> tuple[Descriptors, np.ndarray]:
     n = total // piece
     perm = np.random.default_rng(seed).permutation(n).astype(np.int64)
     zeros = np.zeros(n, dtype=np.int64)
-    rb = ReadBatch(zeros, perm * piece, zeros, np.arange(n, dtype=np.int64) * piece, np.full(n, piece, np.int64))
+    rb = Descriptors(zeros, perm * piece, zeros, np.arange(n, dtype=np.int64) * piece, np.full(n, piece, np.int64))
     return rb, perm
 
 
@@ -134,7 +134,7 @@ async def test_peer_killed_mid_transfer_raises_transfer_error(spawn_peer: Spawn)
     async with NixlTransport(read_timeout=20) as transport:
         await transport.register([MemoryRegion("d", dst.ctypes.data, total)])
         peer = await transport.connect(peer_proc.metadata)
-        await transport.read(peer, ReadBatch(*(c[:1] for c in (rb.src_region, rb.src_offset, rb.dst_region, rb.dst_offset, rb.length))))
+        await transport.read(peer, Descriptors(*(c[:1] for c in (rb.src_region, rb.src_offset, rb.dst_region, rb.dst_offset, rb.length))))
 
         killer = threading.Timer(0.05, os.kill, (peer_proc.pid, signal.SIGKILL))
         started = time.monotonic()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hybridxfer.errors import ConnectError, TransferError, TransportError
-from hybridxfer.transport import MemoryRegion, ReadBatch, Transport
+from hybridxfer.transport import Descriptors, MemoryRegion, Transport
 
 from hybridxfer_ucxx import UcxxTransport
 from ucxx_peer_proc import pattern
@@ -58,9 +58,9 @@ def peer() -> Iterator[Peer]:
     p.proc.stdout.close()
 
 
-def rows_batch(rows: list[tuple[int, int, int, int, int]]) -> ReadBatch:
+def rows_batch(rows: list[tuple[int, int, int, int, int]]) -> Descriptors:
     cols = np.array(rows, dtype=np.int64).reshape(-1, 5).T
-    return ReadBatch(*(np.ascontiguousarray(c) for c in cols))
+    return Descriptors(*(np.ascontiguousarray(c) for c in cols))
 
 
 @pytest.mark.asyncio
@@ -103,7 +103,7 @@ async def test_out_of_range_refused(peer: Peer) -> None:
 async def test_peer_killed_mid_read_raises_transfer_error(peer: Peer) -> None:
     dst = np.zeros(64 * MiB, dtype=np.uint8)
     n = 64 * MiB // 4096
-    batch = ReadBatch(
+    batch = Descriptors(
         np.zeros(n, np.int64), np.arange(n, dtype=np.int64) * 4096, np.zeros(n, np.int64),
         np.arange(n, dtype=np.int64) * 4096, np.full(n, 4096, np.int64),
     )

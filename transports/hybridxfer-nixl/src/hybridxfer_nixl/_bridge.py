@@ -16,6 +16,8 @@ from typing import TypeVar
 import anyio
 import anyio.lowlevel
 
+from hybridxfer.errors import TransportError
+
 __all__ = ["LoopCaller", "wait_future"]
 
 T = TypeVar("T")
@@ -28,7 +30,7 @@ class LoopCaller:
         native = anyio.lowlevel.current_token().native_token
         call_soon = getattr(native, "call_soon_threadsafe", None) or getattr(native, "run_sync_soon", None)
         if call_soon is None:
-            raise RuntimeError(f"unsupported event loop {native!r}")
+            raise TransportError(f"the NIXL transport cannot run on event loop {native!r}")
         self._call_soon: Callable[[Callable[[], object]], object] = call_soon
 
     def call_soon(self, callback: Callable[[], object]) -> None:

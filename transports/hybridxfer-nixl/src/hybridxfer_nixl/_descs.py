@@ -1,10 +1,10 @@
-"""Turn a :class:`ReadBatch` into NIXL's ``(address, length, device)`` descriptor arrays.
+"""Turn :class:`~hybridxfer.descriptors.Descriptors` into NIXL's ``(address, length, device)`` descriptor arrays.
 
 Why numpy all the way: NIXL accepts an ``N×3`` ``uint64`` array directly
 (``get_xfer_descs``), which is ~30× cheaper than a list of tuples. Bounds are checked
-here, vectorised, against the region tables both sides published, so an out-of-range
-row refuses the whole batch before any descriptor reaches NIXL (one-sided READ has no
-serving side that could refuse it later).
+here with :func:`hybridxfer.transport.check_bounds` against the region tables both sides
+published, so an out-of-range row refuses the whole batch before any descriptor reaches
+NIXL (one-sided READ has no serving side that could refuse it later).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridxfer.errors import TransferError
-from hybridxfer.transport import ReadBatch
+from hybridxfer.transport import Descriptors, check_bounds
 
 from hybridxfer_nixl._envelope import RegionEntry
 
@@ -71,49 +71,21 @@ def _mem_type(kinds: tuple[str, ...], used: I64Array, side: str) -> str:
     return "VRAM" if used_kinds == {"cuda"} else "DRAM"
 
 
-def _check(
-    region: I64Array, offset: I64Array, length: I64Array, table: RegionTable, side: str
-) -> None:
-    if len(table) == 0:
-        raise TransferError(f"read refused: the {side} side has no registered regions")
-    bad_region = (region < 0) | (region >= len(table))
-    if bad_region.any():
-        row = int(np.flatnonzero(bad_region)[0])
-        raise TransferError(
-            f"read refused: row {row} names {side} region {int(region[row])}, "
-            f"only {len(table)} registered; no byte moved"
-        )
-    sizes = table.lengths[region]
-    # Never form offset + length: hostile values could overflow int64.
-    bad = (offset < 0) | (length < 0) | (length > sizes) | (offset > sizes - np.minimum(length, sizes))
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        name = table.names[int(region[row])]
-        raise TransferError(
-            f"read refused: row {row} [{int(offset[row])}, +{int(length[row])}) lies outside "
-            f"{side} region {name!r} ({int(table.lengths[region[row]])} bytes); no byte moved"
-        )
-
-
-def build_descriptors(batch: ReadBatch, local: RegionTable, remote: RegionTable) -> DescriptorPair:
+def build_descriptors(batch: Descriptors, local: RegionTable, remote: RegionTable) -> DescriptorPair:
     """Check every row against both tables and return NIXL descriptor arrays.
 
+    One-sided READ has no serving side that could refuse a row later, so the shared
+    bounds check runs here, on both sides, before any descriptor reaches NIXL.
     Zero-length rows are dropped (NIXL rejects empty descriptors); they move nothing.
     """
-    cols = [
-        np.asarray(c, dtype=np.int64)
-        for c in (batch.src_region, batch.src_offset, batch.dst_region, batch.dst_offset, batch.length)
-    ]
-    n = cols[4].shape[0]
-    if any(c.shape != (n,) for c in cols):
-        raise TransferError("read refused: ReadBatch columns differ in length")
-    src_region, src_offset, dst_region, dst_offset, length = cols
-    _check(src_region, src_offset, length, remote, "source")
-    _check(dst_region, dst_offset, length, local, "destination")
-    keep = length > 0
-    if not keep.all():
-        src_region, src_offset = src_region[keep], src_offset[keep]
-        dst_region, dst_offset, length = dst_region[keep], dst_offset[keep], length[keep]
+    if len(remote) == 0 or len(local) == 0:
+        side = "source" if len(remote) == 0 else "destination"
+        raise TransferError(f"read refused, no byte moved: the {side} side has no registered regions")
+    check_bounds(batch, src_lengths=remote.lengths, dst_lengths=local.lengths)
+    keep = batch.length > 0
+    d = batch if keep.all() else batch.take(keep)
+    src_region, src_offset, dst_region, dst_offset, length = (
+        d.src_region, d.src_offset, d.dst_region, d.dst_offset, d.length)
     rows = int(length.shape[0])
     local_descs = np.empty((rows, 3), dtype=np.uint64)
     local_descs[:, 0] = local.addresses[dst_region] + dst_offset

@@ -1,7 +1,7 @@
 """The metadata envelope a NIXL peer publishes: our region table around NIXL's own blob.
 
 Why an envelope: NIXL's agent metadata says where memory is, but not which of *our*
-region names each registration is, nor in which order ``ReadBatch.src_region`` indexes
+region names each registration is, nor in which order ``Descriptors.src_region`` indexes
 them. The envelope is versioned so a peer running an incompatible plugin is refused in
 :meth:`NixlTransport.connect` before NIXL ever parses its blob. No pickle: a fixed binary
 header, a small JSON region table, then NIXL's bytes verbatim.

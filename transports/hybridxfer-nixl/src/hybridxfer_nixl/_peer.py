@@ -13,7 +13,7 @@ __all__ = ["NixlPeer"]
 
 @attrs.frozen(eq=False)
 class NixlPeer:
-    """A connected NIXL peer. ``region_names`` is the order ``ReadBatch.src_region`` indexes."""
+    """A connected NIXL peer. ``region_names`` is the order ``Descriptors.src_region`` indexes."""
 
     name: str
     table: RegionTable

@@ -28,13 +28,16 @@ from hybridxfer.errors import (
     BrokenTransportError,
     ClosedTransportError,
     ConnectError,
+    NotStartedError,
+    RegistrationError,
     TransferError,
+    TransportError,
 )
 from hybridxfer.transport import (
+    Descriptors,
     MemoryRegion,
     Notification,
     PeerHandle,
-    ReadBatch,
     TransportCapabilities,
 )
 
@@ -112,7 +115,7 @@ class NixlTransport:
         if self._closed:
             raise ClosedTransportError("NIXL transport already closed")
         if self._worker is not None:
-            raise RuntimeError("NIXL transport entered twice")
+            raise TransportError("NIXL transport entered twice")
         self._caller = LoopCaller()
         self._notes_in, self._notes_out = anyio.create_memory_object_stream[Notification](math.inf)
         self._worker = NixlWorker(
@@ -152,7 +155,7 @@ class NixlTransport:
         names = {e.name for e in self._entries}
         for region in regions:
             if region.name in names:
-                raise ValueError(f"region {region.name!r} is already registered")
+                raise RegistrationError(f"region {region.name!r} is already registered")
             names.add(region.name)
         fresh: dict[str, list[tuple[int, int, int]]] = {}
         seen = set(self._registered)
@@ -171,7 +174,7 @@ class NixlTransport:
         try:
             await wait_future(caller, worker.call(register_all))
         except Exception as exc:
-            raise TransferError(f"NIXL could not register memory: {exc}") from exc
+            raise RegistrationError(f"NIXL could not register memory: {exc}") from exc
         self._registered = seen
         self._entries.extend(
             RegionEntry(r.name, r.address, r.length, r.kind, r.device) for r in regions
@@ -225,7 +228,7 @@ class NixlTransport:
 
     # -- contract: data and notifications ---------------------------------------------------
 
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         """READ every row of ``batch`` from ``peer`` into our regions, one-sided.
 
         Cancellation (or our own ``read_timeout``) releases the NIXL handle, which cancels
@@ -293,5 +296,5 @@ class NixlTransport:
         if self._closed:
             raise ClosedTransportError("NIXL transport is closed")
         if self._worker is None or self._caller is None:
-            raise RuntimeError("use the NIXL transport inside 'async with'")
+            raise NotStartedError("use the NIXL transport inside 'async with'")
         return self._worker, self._caller

@@ -28,7 +28,7 @@ from nixl_cu12._api import (
     nixl_thread_sync_t,
 )
 
-from hybridxfer.errors import TransferError, TransferTimeout
+from hybridxfer.errors import ClosedTransportError, TransferError, TransferTimeout
 
 from hybridxfer_nixl._descs import DescriptorPair
 from hybridxfer_nixl._logs import quiet_nixl_logging
@@ -274,7 +274,7 @@ class NixlWorker:
         for job in self._jobs:
             self._finish(job, TransferError("transport closed while the READ was in flight"))
         self._jobs.clear()
-        self._dead = RuntimeError("NIXL agent closed")
+        self._dead = ClosedTransportError("NIXL agent closed")
         self._drain()  # fail anything queued after stop() so no caller waits forever
         self._agent = None
         self._stopped.set_result(None)

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from hybridxfer.descriptors import Descriptors
 from hybridxfer.errors import BrokenTransportError, ProtocolError, TransferError, TransferTimeout
 
 from hybridxfer_ucxx._schedule import Message, schedule
@@ -42,7 +43,7 @@ class _Waiter:
 
 
 class UcxxPeer:
-    """A connected peer. ``region_names`` is the order ``ReadBatch.src_region`` indexes."""
+    """A connected peer. ``region_names`` is the order ``Descriptors.src_region`` indexes."""
 
     def __init__(
         self,
@@ -134,15 +135,17 @@ class UcxxPeer:
     async def read(
         self,
         views: Sequence[U8Array],
-        cols: tuple[I64Array, I64Array, I64Array, I64Array, I64Array],
+        descriptors: Descriptors,
         *,
         zero_copy_bytes: int,
         pack_bytes: int,
         timeout: float | None,
     ) -> None:
-        src_region, src_offset, dst_region, dst_offset, length = cols
+        d = descriptors
+        src_region, src_offset, dst_region, dst_offset, length = (
+            d.src_region, d.src_offset, d.dst_region, d.dst_offset, d.length)
         if self.broken is not None:
-            raise TransferError(f"peer {self._name!r} is unreachable: {self.broken}") from self.broken
+            raise BrokenTransportError(f"peer {self._name!r} is unreachable: {self.broken}") from self.broken
         if self._endpoint is None:
             if self._aborted and self._own is not None:
                 # P's endpoint to us may still hold sends of the aborted read, queued ahead
@@ -201,7 +204,7 @@ class UcxxPeer:
             completed = True
         except TimeoutError as exc:
             raise TransferTimeout(f"read from {self._name!r} did not finish within {timeout} s") from exc
-        except TransferError:
+        except (TransferError, BrokenTransportError, ProtocolError):
             raise
         except Exception as exc:
             raise TransferError(f"read from {self._name!r} failed: {exc}") from exc

@@ -20,9 +20,8 @@ from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hybridxfer.errors import ProtocolError
-from hybridxfer.transport import Notification
+from hybridxfer.transport import Notification, bounds_problem
 
-from hybridxfer_ucxx._memory import range_problem
 from hybridxfer_ucxx._schedule import schedule
 from hybridxfer_ucxx._wire import FrameType, decode_read, read_frame, write_frame
 
@@ -54,7 +53,7 @@ async def serve_connection(
     async def serve_read(payload: bytes) -> None:
         request, src_region, src_offset, length = decode_read(payload)
         regions = views()
-        problem = range_problem(src_region, src_offset, length, [len(v) for v in regions], "source")
+        problem = bounds_problem(src_region, src_offset, length, [len(v) for v in regions], side="source")
         if problem is not None or endpoint is None:
             reason = problem or "READ before HELLO"
             await reply(FrameType.DONE, DONE.pack(request, 0) + reason.encode())

@@ -26,19 +26,27 @@ import numpy.typing as npt
 import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from hybridxfer.errors import ClosedTransportError, ConnectError, TransferError, TransportError
+from hybridxfer.errors import (
+    ClosedTransportError,
+    ConnectError,
+    NotStartedError,
+    RegistrationError,
+    TransferError,
+    TransportError,
+)
 from hybridxfer.transport import (
+    Descriptors,
     MemoryRegion,
     Notification,
     PeerHandle,
-    ReadBatch,
     TransportCapabilities,
+    check_bounds,
 )
 
 from hybridxfer_ucxx._client import UcxxPeer
 from hybridxfer_ucxx._context import ucxx_module
 from hybridxfer_ucxx._envelope import UcxxEnvelope, decode, encode
-from hybridxfer_ucxx._memory import byte_view, range_problem
+from hybridxfer_ucxx._memory import byte_view
 from hybridxfer_ucxx._serve import serve_connection
 
 __all__ = ["UcxxTransport"]
@@ -162,9 +170,9 @@ class UcxxTransport:
         names = {r.name for r in self._regions}
         for region in regions:
             if region.name in names:
-                raise ValueError(f"region {region.name!r} is already registered")
+                raise RegistrationError(f"region {region.name!r} is already registered")
             if region.kind != "host":
-                raise ValueError(f"region {region.name!r}: the ucxx transport supports host memory only")
+                raise RegistrationError(f"region {region.name!r}: the ucxx transport supports host memory only")
             names.add(region.name)
         self._regions.extend(regions)
         self._views = [*self._views, *(byte_view(r.address, r.length) for r in regions)]
@@ -216,7 +224,7 @@ class UcxxTransport:
         self._peers.append(peer)
         return peer
 
-    async def read(self, peer: PeerHandle, batch: ReadBatch) -> None:
+    async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         """Receive every row of ``batch`` from ``peer`` straight into our regions.
 
         On cancellation (or timeout) the UCX endpoint to that peer is aborted, which
@@ -227,22 +235,13 @@ class UcxxTransport:
         self._running()
         if not isinstance(peer, UcxxPeer) or peer not in self._peers:
             raise TransferError(f"peer {peer.name!r} was not connected through this transport")
-        cols = tuple(
-            np.asarray(c, dtype=np.int64)
-            for c in (batch.src_region, batch.src_offset, batch.dst_region, batch.dst_offset, batch.length)
-        )
-        src_region, src_offset, dst_region, dst_offset, length = cols
-        problem = range_problem(src_region, src_offset, length, peer.region_lengths, "source") or range_problem(
-            dst_region, dst_offset, length, [r.length for r in self._regions], "destination"
-        )
-        if problem is not None:
-            raise TransferError(f"read refused, no byte moved: {problem}")
-        if not len(length) or not length.any():
+        check_bounds(batch, src_lengths=peer.region_lengths, dst_lengths=[r.length for r in self._regions])
+        if not len(batch) or not batch.length.any():
             await anyio.lowlevel.checkpoint()
             return
         await peer.read(
             self._views,
-            (src_region, src_offset, dst_region, dst_offset, length),
+            batch,
             zero_copy_bytes=self._zero_copy_bytes,
             pack_bytes=self._pack_bytes,
             timeout=self._read_timeout,
@@ -271,4 +270,4 @@ class UcxxTransport:
         if self._closed:
             raise ClosedTransportError("UCXX transport is closed")
         if self._tg is None:
-            raise RuntimeError("use the UCXX transport inside 'async with'")
+            raise NotStartedError("use the UCXX transport inside 'async with'")

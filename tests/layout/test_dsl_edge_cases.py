@@ -1,4 +1,6 @@
-"""Regression tests for layout-model bugs found in review (all fixed)."""
+"""Edge cases of the DSL and of sharding that once went wrong: bad ``layer_name`` formats,
+an invalid spec reported once (not again as "unknown"), Mamba2 groups replicated to follow
+head shards, a TOML syntax error with its line, and the shipped layouts still loading."""
 
 from __future__ import annotations
 
