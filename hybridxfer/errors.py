@@ -7,6 +7,7 @@ translated at the transport boundary and kept as ``__cause__``::
     ├── LayoutError                 a layout file or value is wrong (every problem at once)
     ├── IncompatibleLayoutsError    P and D layouts cannot be paired (model, dtype, TP, geometry)
     ├── BlockIdError                block IDs of a request are out of range, duplicated, mismatched
+    ├── InvalidArgumentError        an argument of a public call is out of its domain (a ValueError)
     ├── RegistrationError           memory cannot be registered (twice, not contiguous, wrong kind)
     ├── TransportNotFoundError      no transport registered under that name
     ├── UnsupportedModelError       (hybridxfer.hf) a config.json of an unknown architecture
@@ -51,6 +52,7 @@ __all__ = [
     "ConnectError",
     "HybridXferError",
     "IncompatibleLayoutsError",
+    "InvalidArgumentError",
     "LayoutError",
     "LayoutProblem",
     "NotStartedError",
@@ -109,6 +111,11 @@ class IncompatibleLayoutsError(HybridXferError):
 
 class BlockIdError(HybridXferError):
     """A request's block IDs are invalid for the layout (range, duplicates, counts)."""
+
+
+class InvalidArgumentError(HybridXferError, ValueError):
+    """An argument of a public call lies outside what it accepts (a count below one, an unknown
+    policy name, a name too long for the wire). Raised before anything was done."""
 
 
 class RegistrationError(HybridXferError, ValueError):

@@ -31,6 +31,7 @@ from hybridxfer.engine._caches import check_caches
 from hybridxfer.engine._failures import FailedRequest, FailurePolicy, FailureReason, RequestFailed
 from hybridxfer.engine._intact import intact_tokens
 from hybridxfer.errors import (
+    InvalidArgumentError,
     BlockIdError,
     ConnectError,
     HybridXferError,
@@ -244,7 +245,7 @@ class DecodeConnector:
             raise TransferError(f"request {request_id!r} was already pulled; its blocks are valid "
                                 "(P may have freed its own)", request_id=request_id)
         if on_failure not in ("fail", "recompute"):
-            raise ValueError(f"on_failure must be 'fail' or 'recompute', not {on_failure!r}")
+            raise InvalidArgumentError(f"on_failure must be 'fail' or 'recompute', not {on_failure!r}")
         invalid = {g: tuple(int(b) for b in ids) for g, ids in dst_blocks.items()}
         if request_id in self._in_flight:
             raise self._fail(FailedRequest(request_id, engine, "plan", "request is already being pulled", invalid))

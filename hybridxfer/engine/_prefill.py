@@ -19,7 +19,7 @@ import anyio
 import attrs
 
 from hybridxfer.engine._caches import check_caches
-from hybridxfer.errors import ClosedTransportError, NotStartedError
+from hybridxfer.errors import ClosedTransportError, InvalidArgumentError, NotStartedError
 from hybridxfer.execute import Agent, AgentStatistics, CompletedRequest, Completions
 from hybridxfer.layout import RankLayout
 from hybridxfer.plan import natural_sources
@@ -134,13 +134,13 @@ class PrefillConnector:
     def metadata(self) -> bytes:
         """The blob decoders pass to :meth:`DecodeConnector.connect` (after registration)."""
         if not self._registered:
-            raise ClosedTransportError(f"{self.name!r}: register_caches() before publishing metadata")
+            raise NotStartedError(f"{self.name!r}: register_caches() before publishing metadata")
         return self._agent.metadata()
 
     def expect(self, request_id: str, consumers: int) -> None:
         """Wait for ``consumers`` distinct decode ranks before finishing ``request_id``."""
         if consumers < 1:
-            raise ValueError(f"consumers must be >= 1, got {consumers}")
+            raise InvalidArgumentError(f"consumers must be >= 1, got {consumers}")
         self._expected[request_id] = consumers
         self._maybe_finish(request_id)
 

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridxfer.descriptors import Descriptors
+from hybridxfer.errors import InvalidArgumentError
 from hybridxfer.plan import TransferPlan
 from hybridxfer.transport import DelegatingTransport, PeerHandle, Transport
 
@@ -72,7 +73,7 @@ class LandedTransport(DelegatingTransport):
     def __init__(self, inner: Transport, landed: LandedBytes, *, step_bytes: int | None = None) -> None:
         super().__init__(inner)
         if step_bytes is not None and step_bytes < 1:
-            raise ValueError(f"step_bytes must be >= 1, got {step_bytes}")
+            raise InvalidArgumentError(f"step_bytes must be >= 1, got {step_bytes}")
         self._landed = landed
         self._step = step_bytes
 

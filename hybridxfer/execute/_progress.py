@@ -17,6 +17,7 @@ from collections.abc import Callable
 import attrs
 
 from hybridxfer.descriptors import Descriptors
+from hybridxfer.errors import InvalidArgumentError
 from hybridxfer.transport import DelegatingTransport, PeerHandle, Transport
 
 __all__ = ["CountingTransport", "ProgressCallback", "TransferProgress"]
@@ -50,7 +51,7 @@ class CountingTransport(DelegatingTransport):
                  step_bytes: int | None = None) -> None:
         super().__init__(inner)
         if step_bytes is not None and step_bytes < 1:
-            raise ValueError(f"step_bytes must be >= 1, got {step_bytes}")
+            raise InvalidArgumentError(f"step_bytes must be >= 1, got {step_bytes}")
         self._on_bytes = on_bytes
         self._step = step_bytes
 

@@ -66,3 +66,26 @@ async def test_prefill_connector_not_started_and_closed() -> None:
             await p.wait_request_finished("r", timeout=1)
         with pytest.raises(anyio.ClosedResourceError):
             await stream.__anext__()
+
+
+@pytest.mark.anyio
+async def test_arguments_out_of_their_domain_are_typed_errors() -> None:
+    from hybridxfer.errors import InvalidArgumentError
+
+    pl = TOY.for_rank(1, 0, num_blocks=blocks_for(TOY, 1, TOKENS))
+    dl = TOY.for_rank(1, 0, num_blocks=blocks_for(TOY, 1, TOKENS))
+    src, dst = contiguous_block_tables(pl, TOKENS), contiguous_block_tables(dl, TOKENS)
+    with anyio.fail_after(30):
+        async with PrefillConnector(pl, name="p0", transport="loopback") as p, \
+                DecodeConnector(dl, name="d0", transport="loopback") as dc:
+            with pytest.raises(NotStartedError, match="register_caches"):
+                p.metadata()
+            with pytest.raises(InvalidArgumentError, match="consumers must be >= 1, got 0"):
+                p.expect("r", 0)
+            await p.register_caches(source_memory(pl, TOKENS))
+            await dc.register_caches(destination_memory(dl))
+            await dc.connect("P", [p.metadata()])
+            with pytest.raises(InvalidArgumentError, match="on_failure must be 'fail' or 'recompute'"):
+                await dc.pull("r", engine="P", src_blocks=src, dst_blocks=dst, num_tokens=TOKENS,
+                              on_failure="retry")  # type: ignore[arg-type]
+            assert dc.failed_requests() == ()

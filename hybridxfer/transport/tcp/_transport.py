@@ -10,6 +10,7 @@ encryption* — across untrusted networks tunnel it (WireGuard, SSH) or use an R
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -25,6 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from hybridxfer.descriptors import Descriptors, check_bounds
 from hybridxfer.errors import (
+    InvalidArgumentError,
     AuthenticationError,
     ClosedTransportError,
     ConnectError,
@@ -98,7 +100,7 @@ class TcpTransport:
         self.agent_name = name
         self.incarnation = incarnation if incarnation is not None else secrets.token_hex(8)
         if len(name.encode()) + 1 + len(self.incarnation.encode()) > _wire.MAX_NAME_BYTES:
-            raise ValueError(f"agent name and incarnation exceed {_wire.MAX_NAME_BYTES} bytes: {name!r}")
+            raise InvalidArgumentError(f"agent name and incarnation exceed {_wire.MAX_NAME_BYTES} bytes: {name!r}")
         self._host, self._port = host, port
         self._advertise = advertise_host or host
         self._connections_per_peer = max(1, connections_per_peer)
@@ -110,8 +112,8 @@ class TcpTransport:
         # Created on entry: an unentered transport owns nothing that needs closing.
         self._send: MemoryObjectSendStream[Notification] | None = None
         self._receive: MemoryObjectReceiveStream[Notification] | None = None
-        self._listener: socket.socket | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._resources: contextlib.AsyncExitStack | None = None
         self._closed = False
 
     def __repr__(self) -> str:  # never show the secret
@@ -136,6 +138,26 @@ class TcpTransport:
     async def __aenter__(self) -> TcpTransport:
         if self._closed:
             raise ClosedTransportError("TcpTransport cannot be re-entered after aclose()")
+        if self._resources is not None:
+            raise ClosedTransportError("a TcpTransport can be entered once")
+        async with contextlib.AsyncExitStack() as stack:
+            listener = self._listen()
+            stack.callback(close_socket, listener)
+            self._port = listener.getsockname()[1]
+            send, receive = anyio.create_memory_object_stream[Notification](math.inf)
+            stack.callback(receive.close)
+            stack.callback(send.close)
+            server = TcpServer(name=self.agent_name, regions=lambda: self._regions, secret=self._secret,
+                               notifications=send, limits=self._limits, incarnation=self.incarnation)
+            group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(group.cancel_scope.cancel)
+            group.start_soon(server.serve, listener, group)
+            self._send, self._receive, self._task_group = send, receive, group
+            self._resources = stack.pop_all()
+        log.info("tcp transport %s listening on %s:%d", self.agent_name, self._host, self._port)
+        return self
+
+    def _listen(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -146,16 +168,7 @@ class TcpTransport:
         except OSError as exc:
             listener.close()
             raise ConnectError(f"cannot listen on {self._host}:{self._port}: {exc}") from exc
-        self._listener = listener
-        self._port = listener.getsockname()[1]
-        self._send, self._receive = anyio.create_memory_object_stream[Notification](math.inf)
-        server = TcpServer(name=self.agent_name, regions=lambda: self._regions, secret=self._secret,
-                           notifications=self._send, limits=self._limits, incarnation=self.incarnation)
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(server.serve, listener, self._task_group)
-        log.info("tcp transport %s listening on %s:%d", self.agent_name, self._host, self._port)
-        return self
+        return listener
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -284,13 +297,9 @@ class TcpTransport:
         for peer in self._peers:
             peer.close()
         self._peers.clear()
-        if self._send is not None and self._receive is not None:
-            self._send.close()
-            self._receive.close()
-        tg, self._task_group = self._task_group, None
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-        if self._listener is not None:
-            close_socket(self._listener)
-            self._listener = None
+        # Owned in one stack, released in reverse order of acquisition: stop the server's
+        # tasks, then close the notification stream (waiters see ClosedTransportError), then
+        # the listening socket.
+        resources, self._resources, self._task_group = self._resources, None, None
+        if resources is not None:
+            await resources.aclose()

@@ -11,11 +11,12 @@ Requires the asyncio backend: ucxx drives its progress from the asyncio event lo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -89,7 +90,7 @@ class UcxxTransport:
         self._ucxx: Any = None
         self._worker_address = b""
         self._tg: anyio.abc.TaskGroup | None = None
-        self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
+        self._resources: contextlib.AsyncExitStack | None = None
         self._bound: tuple[str, int] = ("", 0)
         self._closed = False
         self._notes_in: MemoryObjectSendStream[Notification] | None = None
@@ -116,14 +117,22 @@ class UcxxTransport:
         self._ucxx = ucxx_module()
         self._ucxx.continuous_ucx_progress()
         self._worker_address = bytes(self._ucxx.get_worker_address().tobytes())
-        self._notes_in, self._notes_out = anyio.create_memory_object_stream[Notification](math.inf)
-        multi = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
-        address = multi.listeners[0].extra(anyio.abc.SocketAttribute.local_address)
-        self._bound = (str(address[0]), int(address[1]))
-        self._listener = multi
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(multi.serve, self._serve)
+        # Everything entered here is owned by one stack and released in reverse order: stop the
+        # serving and reader tasks, close the peers, the notification stream, then the listener.
+        async with contextlib.AsyncExitStack() as stack:
+            multi = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
+            stack.push_async_callback(_shielded(multi.aclose))
+            notes_in, notes_out = anyio.create_memory_object_stream[Notification](math.inf)
+            stack.callback(notes_out.close)
+            stack.callback(notes_in.close)
+            stack.push_async_callback(self._close_peers)
+            group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(group.cancel_scope.cancel)
+            address = multi.listeners[0].extra(anyio.abc.SocketAttribute.local_address)
+            self._bound = (str(address[0]), int(address[1]))
+            group.start_soon(multi.serve, self._serve)
+            self._notes_in, self._notes_out, self._tg = notes_in, notes_out, group
+            self._resources = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -134,18 +143,15 @@ class UcxxTransport:
         if self._closed:
             return
         self._closed = True
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
-        with anyio.CancelScope(shield=True):
+        resources, self._resources = self._resources, None
+        if resources is not None:
+            await resources.aclose()
+
+    async def _close_peers(self) -> None:
+        with anyio.CancelScope(shield=True):     # a cancelled close must still release the endpoints
             for peer in self._peers:
                 await peer.aclose()
             self._peers.clear()
-            if self._notes_in is not None and self._notes_out is not None:
-                self._notes_in.close()
-                self._notes_out.close()
-            if self._listener is not None:
-                await self._listener.aclose()
 
     async def _serve(self, stream: anyio.abc.SocketStream) -> None:
         await serve_connection(
@@ -271,3 +277,11 @@ class UcxxTransport:
             raise ClosedTransportError("UCXX transport is closed")
         if self._tg is None:
             raise NotStartedError("use the UCXX transport inside 'async with'")
+
+
+def _shielded(close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``close``, run to the end even when the closing task is being cancelled."""
+    async def run() -> None:
+        with anyio.CancelScope(shield=True):
+            await close()
+    return run
