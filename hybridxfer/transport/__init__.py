@@ -16,11 +16,13 @@ from hybridxfer.transport._protocol import (
     Transport,
     TransportCapabilities,
 )
+from hybridxfer.transport._threads import LoopWaker, wait_future
 from hybridxfer.transport._wrapper import DelegatingTransport
 
 __all__ = [
     "DelegatingTransport",
     "Descriptors",
+    "LoopWaker",
     "MemoryKind",
     "MemoryRegion",
     "Notification",
@@ -30,4 +32,5 @@ __all__ = [
     "TransportCapabilities",
     "bounds_problem",
     "check_bounds",
+    "wait_future",
 ]

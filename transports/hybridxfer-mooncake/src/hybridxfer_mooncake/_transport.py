@@ -41,14 +41,15 @@ from hybridxfer.errors import (
 )
 from hybridxfer.transport import (
     Descriptors,
+    LoopWaker,
     MemoryRegion,
     Notification,
     PeerHandle,
     TransportCapabilities,
     check_bounds,
+    wait_future,
 )
 
-from hybridxfer_mooncake._bridge import LoopWaker, wait_future
 from hybridxfer_mooncake._envelope import TOKEN_BYTES, Envelope, RegionEntry, decode, encode
 from hybridxfer_mooncake._link import PeerLink
 from hybridxfer_mooncake._native import check, new_engine, notify_read, read_rows

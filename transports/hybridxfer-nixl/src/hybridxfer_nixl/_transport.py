@@ -35,13 +35,14 @@ from hybridxfer.errors import (
 )
 from hybridxfer.transport import (
     Descriptors,
+    LoopWaker,
     MemoryRegion,
     Notification,
     PeerHandle,
     TransportCapabilities,
+    wait_future,
 )
 
-from hybridxfer_nixl._bridge import LoopCaller, wait_future
 from hybridxfer_nixl._cuda import cuda_available
 from hybridxfer_nixl._descs import RegionTable, build_descriptors
 from hybridxfer_nixl._envelope import RegionEntry, decode, encode
@@ -85,7 +86,7 @@ class NixlTransport:
         self._peers: dict[str, NixlPeer] = {}
         self._metadata = b""
         self._worker: NixlWorker | None = None
-        self._caller: LoopCaller | None = None
+        self._caller: LoopWaker | None = None
         self._closed = False
         self._notes_in: MemoryObjectSendStream[Notification] | None = None
         self._notes_out: MemoryObjectReceiveStream[Notification] | None = None
@@ -116,7 +117,7 @@ class NixlTransport:
             raise ClosedTransportError("NIXL transport already closed")
         if self._worker is not None:
             raise TransportError("NIXL transport entered twice")
-        self._caller = LoopCaller()
+        self._caller = LoopWaker()
         self._notes_in, self._notes_out = anyio.create_memory_object_stream[Notification](math.inf)
         self._worker = NixlWorker(
             self._agent_name,
@@ -292,7 +293,7 @@ class NixlTransport:
 
         caller.call_soon(deliver)
 
-    def _running(self) -> tuple[NixlWorker, LoopCaller]:
+    def _running(self) -> tuple[NixlWorker, LoopWaker]:
         if self._closed:
             raise ClosedTransportError("NIXL transport is closed")
         if self._worker is None or self._caller is None:
