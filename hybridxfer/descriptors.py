@@ -196,7 +196,7 @@ def bounds_problem(region: Int64Array, offset: Int64Array, length: Int64Array,
 
 
 def check_bounds(descriptors: Descriptors, *, src_lengths: Sequence[int] | Int64Array | None = None,
-                 dst_lengths: Sequence[int] | Int64Array | None = None) -> None:
+                 dst_lengths: Sequence[int] | Int64Array | None = None, operation: str = "read") -> None:
     """Refuse descriptors that leave the regions they name, before any byte moves.
 
     Checks the source columns against ``src_lengths`` (the peer's region sizes) and the
@@ -204,6 +204,7 @@ def check_bounds(descriptors: Descriptors, *, src_lengths: Sequence[int] | Int64
     :class:`~hybridxfer.errors.TransferError` naming the first bad row: every transport
     calls this on what it is asked to read (and, when it serves, on what it is asked to
     send), so a wrong plan or a hostile peer is refused the same way everywhere.
+    ``operation`` ("read", "write") names what was refused in the message.
     """
     d = descriptors
     problem = None
@@ -212,7 +213,7 @@ def check_bounds(descriptors: Descriptors, *, src_lengths: Sequence[int] | Int64
     if problem is None and dst_lengths is not None:
         problem = bounds_problem(d.dst_region, d.dst_offset, d.length, dst_lengths, side="destination")
     if problem is not None:
-        raise TransferError(f"read refused, no byte moved: {problem}")
+        raise TransferError(f"{operation} refused, no byte moved: {problem}")
 
 
 def merge_ranges(region: Int64Array, offset: Int64Array,

@@ -21,8 +21,11 @@ translated at the transport boundary and kept as ``__cause__``::
         │   ├── PeerGoneError       the peer left the cluster directory (raised by discovery)
         │   └── PeerRestartedError  the peer at that address is another incarnation now
         ├── ProtocolError           a peer sent a malformed or unexpected frame
+        ├── UnsupportedOperationError the transport does not offer that operation (e.g. writes)
         └── TransferError           a transfer failed; says which request/rank/blocks
             ├── TransferTimeout     a transfer did not finish within its deadline (a ``TimeoutError``)
+            ├── GrantRefusedError   the serving peer holds no live grant of ours for those bytes
+            ├── StreamedTransferError a streamed transfer failed; names its invalid layers and blocks
             └── RequestFailed       (hybridxfer.engine) a pull failed; carries the failure record
 
 Why a tree: callers catch the level they can act on — an engine recomputes on
@@ -50,6 +53,7 @@ __all__ = [
     "BrokenTransportError",
     "ClosedTransportError",
     "ConnectError",
+    "GrantRefusedError",
     "HybridXferError",
     "IncompatibleLayoutsError",
     "InvalidArgumentError",
@@ -60,10 +64,12 @@ __all__ = [
     "PeerRestartedError",
     "ProtocolError",
     "RegistrationError",
+    "StreamedTransferError",
     "TransferError",
     "TransferTimeout",
     "TransportError",
     "TransportNotFoundError",
+    "UnsupportedOperationError",
 ]
 
 
@@ -180,6 +186,12 @@ class ProtocolError(TransportError):
     """A peer sent a frame that violates the wire protocol."""
 
 
+class UnsupportedOperationError(TransportError, NotImplementedError):
+    """The transport does not offer this operation (``capabilities`` says so), e.g. a
+    ``write`` on a transport whose ``capabilities.writes`` is false. Also a
+    ``NotImplementedError``. Nothing was moved."""
+
+
 class TransferError(TransportError):
     """A transfer failed. Names what failed so the caller can recompute exactly that.
 
@@ -214,4 +226,43 @@ class TransferTimeout(TransferError, TimeoutError):
     """A transfer did not complete within its deadline; the peer may be stalled.
 
     Also a ``TimeoutError``, so ``except TimeoutError`` around a deadline catches it too.
+    """
+
+
+class StreamedTransferError(TransferError):
+    """A streamed transfer (:meth:`~hybridxfer.execute.Agent.prepare_stream`) failed part-way.
+
+    Layers land one by one, so unlike a bulk failure part of the request is good:
+    ``landed_layers`` were reported landed (every byte of theirs is in place) and stay so;
+    ``invalid_layers`` were not and must be recomputed. ``invalid_blocks`` maps each D KV
+    group to the block IDs holding any planned byte not known to have landed — exactly
+    those, so a block that only landed layers write is not in it. The cause (a failed
+    read or write, a :class:`TransferTimeout`, a P rank's abort) is ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        source_rank: int | None = None,
+        invalid_blocks: dict[str, tuple[int, ...]] | None = None,
+        invalid_layers: Sequence[str] = (),
+        landed_layers: Sequence[str] = (),
+        timed_out: bool = False,
+    ) -> None:
+        self.invalid_layers: tuple[str, ...] = tuple(invalid_layers)
+        self.landed_layers: tuple[str, ...] = tuple(landed_layers)
+        #: True when a deadline (the stream's or a wait's) ended it.
+        self.timed_out = timed_out
+        super().__init__(f"{message}; {len(self.invalid_layers)} layers invalid, {len(self.landed_layers)} landed",
+                         request_id=request_id, source_rank=source_rank, invalid_blocks=invalid_blocks)
+
+
+class GrantRefusedError(TransferError):
+    """The serving peer requires grants and none of its live grants to us covers the bytes
+    we asked for (never granted, revoked, or its lease ran out); nothing was sent.
+
+    Raised on the reading side; the serving side logged the peer, the range and why.
+    Like any :class:`TransferError` the destination blocks are not valid.
     """

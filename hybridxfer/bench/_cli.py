@@ -4,18 +4,32 @@ Modes: default (the full matrix: every transport, layout, TP pair and size), ``-
 layout, asserts nothing about time; verifies every byte of the largest request), and
 filters (``--transports``, ``--layouts``, ``--pairs``, ``--tokens``) to run a slice.
 ``--json`` prints ``{"cases": [...], "planner": [...]}``; otherwise Markdown tables.
+``--streaming`` runs the streaming benchmark instead (:mod:`hybridxfer.bench._streaming`):
+bulk vs pull/push layer streaming under a simulated prefill; its cases carry ``mode``,
+``tail_s``, ``ttd_s`` and ``ttd_speedup``. ``--memory cuda`` registers torch CUDA tensors
+(nixl/ucxx) and fails with a typed error where CUDA is absent.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import attrs
 
+from hybridxfer.bench._cuda import require_cuda
 from hybridxfer.bench._e2e import Group, run_group
+from hybridxfer.bench._prefill import DEFAULT_FLOPS
+from hybridxfer.bench._stream_report import stream_table
+from hybridxfer.bench._stream_results import StreamCaseResult
+from hybridxfer.bench._streaming import MODES, StreamGroup, run_stream_group
+from hybridxfer.errors import HybridXferError
 from hybridxfer.bench._planner import run_planner_benchmark
 from hybridxfer.bench._report import case_table, planner_table, svg_chart
 from hybridxfer.bench._results import CaseResult, PlannerResult
@@ -51,9 +65,31 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-e2e", action="store_true", help="skip transfers (planner benchmark only)")
     ap.add_argument("--ucxx-error-handling", choices=("on", "off"), default="on",
                     help="endpoint_error_handling for the ucxx plugin and its raw ceiling")
+    ap.add_argument("--tls", action="store_true",
+                    help="run tcp twice, also with TLS 1.3 (throwaway certificates): rows tcp and tcp+tls")
+    ap.add_argument("--streaming", action="store_true",
+                    help="bulk vs pull/push layer streaming under a simulated prefill (P1D1,P1D4,P4D2; 4k/32k)")
+    ap.add_argument("--modes", default="bulk,pull-stream,push-stream", help="streaming modes to run")
+    ap.add_argument("--flops", type=float, default=DEFAULT_FLOPS,
+                    help="FLOP/s of the simulated prefill (default 400e12)")
+    ap.add_argument("--layer-ms", type=float, help="simulated prefill: every model layer takes this long instead")
+    ap.add_argument("--memory", choices=("cpu", "cuda"), default="cpu",
+                    help="where D and P keep their caches: numpy host memory or torch CUDA tensors (nixl/ucxx)")
     ap.add_argument("--svg", type=Path, help="write the throughput plot here")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     return ap
+
+
+def _relabelled(report: Callable[[CaseResult], None], label: str) -> Callable[[CaseResult], None]:
+    return lambda result: report(attrs.evolve(result, transport=label))
+
+
+def _throwaway_tls(directory: str) -> dict[str, str]:
+    """A fresh CA and one certificate every bench process uses (``tls`` as JSON-able options)."""
+    from hybridxfer.transport.pki import CertificateAuthority
+
+    config = CertificateAuthority.create(Path(directory) / "ca", "hybridxfer-bench-ca").issue("bench")
+    return {"cert": str(config.cert), "key": str(config.key), "ca": str(config.ca)}
 
 
 def _layout_path(name: str) -> Path:
@@ -62,7 +98,18 @@ def _layout_path(name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.memory == "cuda":
+            require_cuda(args.transports.split(","))
+        if args.streaming:
+            return _streaming(args, parser)
+    except HybridXferError as exc:
+        print(f"hybridxfer bench: error: {exc}", file=sys.stderr)
+        return 2
+    if args.tls and "tcp" not in args.transports.split(","):
+        parser.error("--tls measures the tcp transport: include tcp in --transports")
     if args.quick:
         args.layouts, args.pairs, args.tokens = "nemotron-3-nano-30b-a3b", "P1D1,P1D2", "512"
         args.concurrent, args.verify, args.repeats = "4x512", True, 5
@@ -83,13 +130,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             print(case_table([result]).splitlines()[-1], flush=True)
 
+    tls_dir = tempfile.mkdtemp(prefix="hx-bench-tls-") if args.tls else ""
     if not args.no_e2e:
         if not args.json:
             print("\n".join(case_table([]).splitlines()[:2]), flush=True)
-        for transport in args.transports.split(","):
+        runs = [(t, t) for t in args.transports.split(",")]
+        if args.tls and "tcp" in args.transports.split(","):
+            runs.insert(runs.index(("tcp", "tcp")) + 1, ("tcp", "tcp+tls"))
+        for transport, label in runs:
             options: tuple[tuple[str, object], ...] = ()
             if transport == "ucxx":
                 options = (("endpoint_error_handling", args.ucxx_error_handling == "on"),)
+            if label == "tcp+tls":
+                options = (("tls", _throwaway_tls(tls_dir)),)
             for layout in layouts:
                 for src_tp in sorted({p for p, _ in pairs}):
                     group = Group(
@@ -97,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                         cases=tuple((d, t) for p, d in pairs if p == src_tp for t in tokens),
                         concurrent=(1, conc[0], conc[1]) if conc and src_tp == 1 and layout == layouts[0] else None,
                         repeats=args.repeats, verify=args.verify, options=options)
-                    anyio.run(run_group, group, report)
+                    anyio.run(run_group, group, report if label == transport else _relabelled(report, label))
+    if tls_dir:
+        shutil.rmtree(tls_dir, ignore_errors=True)
     doc = {"cases": [c.to_json() for c in cases], "planner": [p.to_json() for p in planner]}
     if args.json:
         print(json.dumps(doc, indent=1))
@@ -105,6 +160,46 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(doc, indent=1))
     if args.svg:
         args.svg.write_text(svg_chart(cases))
+    return 0
+
+
+def _streaming(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    modes = tuple(args.modes.split(","))
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {unknown}; known {list(MODES)}")
+    if args.quick:
+        args.layouts, args.pairs, args.tokens, args.verify, args.repeats = \
+            "nemotron-3-nano-30b-a3b", "P1D1,P1D2", "512", True, 2
+    elif args.tokens == ",".join(map(str, FULL_TOKENS)):
+        args.tokens = "4096,32768"
+    pairs = _pairs(args.pairs)
+    tokens = tuple(int(t) for t in args.tokens.split(","))
+    results: list[StreamCaseResult] = []
+
+    def report(result: StreamCaseResult) -> None:
+        results.append(result)
+        if not args.json:
+            print(stream_table([result]).splitlines()[-1], flush=True)
+
+    if not args.json:
+        print("\n".join(stream_table([]).splitlines()[:2]), flush=True)
+    for transport in args.transports.split(","):
+        options: tuple[tuple[str, object], ...] = ()
+        if transport == "ucxx":
+            options = (("endpoint_error_handling", args.ucxx_error_handling == "on"),)
+        for name in args.layouts.split(","):
+            for src_tp in sorted({p for p, _ in pairs}):
+                group = Group(transport=transport, layout_path=_layout_path(name), src_tp=src_tp,
+                              cases=tuple((d, t) for p, d in pairs if p == src_tp for t in tokens),
+                              repeats=args.repeats, verify=args.verify, options=options)
+                sg = StreamGroup(group=group, modes=modes, flops_per_s=args.flops, layer_ms=args.layer_ms)
+                anyio.run(run_stream_group, sg, report)
+    doc = {"cases": [r.to_json() for r in results], "flops_per_s": args.flops, "layer_ms": args.layer_ms}
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(doc, indent=1))
     return 0
 
 

@@ -30,12 +30,13 @@ import numpy.typing as npt
 
 from hybridxfer.bench import _raw
 from hybridxfer.bench._results import CaseResult, spread
+from hybridxfer.bench._vllm import VllmDescriptorBaseline, uncoalesced_reads
 from hybridxfer.execute import Agent, AgentInfo, Peer
 from hybridxfer.layout import RankLayout, load_layout
 from hybridxfer.plan import Descriptors, TransferPlan, compile_plan, contiguous_block_tables
 from hybridxfer.synthetic import blocks_for, destination_memory, expected_destination, mismatches
 
-__all__ = ["Group", "duplicate_bytes", "run_group"]
+__all__ = ["Group", "PeerProcess", "duplicate_bytes", "run_group", "spawn_peers"]
 
 U8 = npt.NDArray[np.uint8]
 _TAG = 0x5EED00
@@ -68,7 +69,7 @@ def duplicate_bytes(plan: TransferPlan) -> int:
     return dup
 
 
-class _Proc:
+class PeerProcess:
     """One P process and its stdout lines."""
 
     def __init__(self, process: anyio.abc.Process) -> None:
@@ -97,15 +98,15 @@ class _Proc:
 
 
 @contextlib.asynccontextmanager
-async def _spawn(group: Group, blocks: Sequence[int], tokens: int) -> AsyncIterator[list[_Proc]]:
-    procs: list[_Proc] = []
+async def spawn_peers(group: Group, blocks: Sequence[int], tokens: int) -> AsyncIterator[list[PeerProcess]]:
+    procs: list[PeerProcess] = []
     try:
         for rank in range(group.src_tp):
             argv = [sys.executable, "-m", "hybridxfer.bench._peer", "--layout", str(group.layout_path),
                     "--tp", str(group.src_tp), "--rank", str(rank), "--blocks", str(blocks[rank]),
                     "--tokens", str(tokens), "--transport", group.transport,
                     "--options", json.dumps(dict(group.options))] + (["--verify"] if group.verify else [])
-            procs.append(_Proc(await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            procs.append(PeerProcess(await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                         stderr=None)))
         for p in procs:
             p.meta = bytes.fromhex((await p.line("META "))[0])
@@ -133,7 +134,7 @@ def _merge(plans: Sequence[TransferPlan]) -> list[Descriptors]:
 class _Ceiling:
     """The raw path of ``transport`` over given reads; set up once per case."""
 
-    def __init__(self, transport: str, procs: list[_Proc], memory: list[U8], tmp: Path,
+    def __init__(self, transport: str, procs: list[PeerProcess], memory: list[U8], tmp: Path,
                  nixl: list[_raw.NixlInitiator], error_handling: bool) -> None:
         self.transport, self.procs, self.memory, self.tmp = transport, procs, memory, tmp
         self._nixl, self._eh = nixl, error_handling
@@ -206,7 +207,7 @@ class _Ceiling:
             await self.procs[rank].line("STOPPED")
 
 
-async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[_Proc], memory: list[U8],
+async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[PeerProcess], memory: list[U8],
                     dst: RankLayout, src_layouts: tuple[RankLayout, ...], dst_tp: int, tokens: int,
                     requests: int, per_request_blocks: tuple[int, int], tmp: Path,
                     nixl: list[_raw.NixlInitiator], verify: bool) -> CaseResult:
@@ -221,15 +222,25 @@ async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[_
     eh = bool(dict(group.options).get("endpoint_error_handling", True))
     ceiling = _Ceiling(group.transport, procs, memory, tmp, nixl, eh)
     await ceiling.setup(merged)
+    vllm = None
+    if group.transport == "nixl":  # vLLM's scheme: per-kernel-block rows, same bytes, raw NIXL
+        vllm = VllmDescriptorBaseline(memory, uncoalesced_reads(src_layouts, dst, tables, tokens),
+                                      [(p.nixl_meta, p.bases) for p in procs])
+        if vllm.bytes != nbytes:
+            raise RuntimeError(f"uncoalesced rows move {vllm.bytes} bytes, the plan {nbytes}")
     scratch = np.ones(nbytes, dtype=np.uint8)
     if verify:
         fresh = destination_memory(dst)
         for name, m in zip(dst.region_names, memory, strict=True):
             np.copyto(m, fresh[name])
-    t: dict[str, list[float]] = {k: [] for k in ("raw", "memcpy", "hx", "compile", "bind", "prepare")}
+    t: dict[str, list[float]] = {k: [] for k in ("raw", "memcpy", "hx", "compile", "bind", "prepare", "vllm")}
     try:
         for i in range(group.repeats + 1):
             raw = await ceiling.run_once()
+            if vllm is not None:
+                seconds = await anyio.to_thread.run_sync(vllm.run_once)
+                if i:
+                    t["vllm"].append(seconds)
             c0 = time.perf_counter()
             _raw.memcpy_once(scratch, merged, memory)
             c1 = time.perf_counter()
@@ -255,6 +266,8 @@ async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[_
                     t[key].append(value)
     finally:
         await ceiling.teardown()
+        if vllm is not None:
+            vllm.release()
     verified = False
     if verify:
         want = expected_destination(dst, tokens, template.chunk_tokens)
@@ -271,7 +284,9 @@ async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[_
         duplicate_bytes=sum(duplicate_bytes(p) for p in plans),
         hybridxfer=spread(t["hx"]), ceiling_name=ceiling.name, ceiling=spread(t["raw"]),
         memcpy=spread(t["memcpy"]), plan_compile=spread(t["compile"]), plan_bind=spread(t["bind"]),
-        plan_prepare=spread(t["prepare"]), verified=verified)
+        plan_prepare=spread(t["prepare"]), verified=verified,
+        vllm_descriptors=spread(t["vllm"]) if t["vllm"] else None,
+        vllm_descriptor_count=vllm.descriptor_count if vllm is not None else 0)
 
 
 def _request_blocks(layout_tp_rank: RankLayout, tokens: int) -> int:
@@ -291,7 +306,7 @@ async def run_group(group: Group, report: Any = None) -> list[CaseResult]:
     results: list[CaseResult] = []
     dst_tps = sorted({d for d, _ in group.cases} | ({conc[0]} if conc else set()))
     with tempfile.TemporaryDirectory(prefix="hx-bench-") as tmpdir:
-        async with _spawn(group, [blocks(group.src_tp, r) for r in range(group.src_tp)], tmax) as procs:
+        async with spawn_peers(group, [blocks(group.src_tp, r) for r in range(group.src_tp)], tmax) as procs:
             for dst_tp in dst_tps:
                 dst = layout.for_rank(dst_tp, 0, num_blocks=blocks(dst_tp, 0))
                 memory = [np.zeros(size, dtype=np.uint8) for size in dst.region_sizes]

@@ -11,6 +11,10 @@ of the same transport — so the raw ceiling reads *the same buffers*. It prints
 - ``RAW nixl``: a second, raw NIXL agent registers the same arrays. ``RAWREADY <meta hex>``.
 - ``RAW ucxx <descfile> <worker address hex> <tag> <error handling 0|1>``: a worker-address
   endpoint to D; each ``GO`` line sends the ranges as tag messages. ``RAWREADY``.
+- ``PREFILL <request id> <tokens> <stepsfile> <mark 0|1>``: simulate a prefill (see
+  :mod:`hybridxfer.bench._prefill`): sleep through each step until its absolute deadline and,
+  with ``mark`` 1, call ``Agent.mark_ready`` as each cache layer's mixer ends. Replies
+  ``PREFILLED <start> <end>`` (``time.monotonic()``: one clock for every process of the machine).
 - ``STOP``: end the current raw server.  EOF: exit.
 
 ``descfile`` is an ``.npy`` (n, 3) int64 array of (region index, offset, length).
@@ -108,11 +112,28 @@ async def _serve(args: argparse.Namespace) -> None:
                     pass
 
             tg.start_soon(drain)
-            await _commands(memory)
+            await _commands(agent, memory)
             tg.cancel_scope.cancel()
 
 
-async def _commands(memory: list[U8]) -> None:
+async def _prefill(agent: Agent, request_id: str, tokens: int, stepsfile: str, mark: bool) -> None:
+    steps = json.loads(open(stepsfile).read())
+    readiness: Any = None
+    if mark:
+        from hybridxfer.plan import Readiness
+
+        readiness = Readiness
+    start = time.monotonic()
+    deadline = start
+    for seconds, ready in steps:
+        deadline += seconds
+        await anyio.sleep(max(0.0, deadline - time.monotonic()))
+        if ready is not None and readiness is not None:
+            agent.mark_ready(request_id, readiness(layers=frozenset({ready}), tokens_through=tokens))
+    print("PREFILLED", start, time.monotonic(), flush=True)
+
+
+async def _commands(agent: Agent, memory: list[U8]) -> None:
     stop = threading.Event()
     ucxx_views: list[memoryview] = []
     ucxx_sender: Any = None  # the plugin's RawSender
@@ -139,6 +160,8 @@ async def _commands(memory: list[U8]) -> None:
             print("RAWREADY", flush=True)
         elif cmd == ["GO"] and ucxx_sender is not None:
             await ucxx_sender.send(ucxx_views, tag)
+        elif cmd[:1] == ["PREFILL"]:
+            await _prefill(agent, cmd[1], int(cmd[2]), cmd[3], cmd[4] == "1")
         elif cmd == ["STOP"]:
             stop.set()
             if ucxx_sender is not None:

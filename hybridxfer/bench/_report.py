@@ -19,17 +19,24 @@ def _g(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e9 if seconds > 0 else 0.0
 
 
+def _vllm(r: CaseResult) -> str:
+    if r.vllm_descriptors is None:
+        return "—"
+    return f"{_g(r.bytes, r.vllm_descriptors.median):.2f} ({r.vllm_descriptor_count})"
+
+
 def case_table(results: Sequence[CaseResult]) -> str:
     head = ("| transport | layout | P→D | tokens × req | MB | desc (uncoal.) | hybridxfer GB/s med [min–max] "
-            "| ceiling | ceiling GB/s med [min–max] | ratio | memcpy GB/s | bind+prep ms | plan % | dup B | pad skipped B |")
-    lines = [head, "|" + "---|" * 15]
+            "| ceiling | ceiling GB/s med [min–max] | ratio | vLLM-desc GB/s (desc) | ×vLLM | memcpy GB/s | bind+prep ms | plan % | dup B | pad skipped B |")
+    lines = [head, "|" + "---|" * 17]
     for r in results:
         lines.append(
             f"| {r.transport} | {r.layout} | {r.src_tp}→{r.dst_tp} | {r.tokens} × {r.requests} | {r.bytes / 1e6:.1f} "
             f"| {r.descriptors} ({r.descriptors_uncoalesced}) "
             f"| {r.gbps:.2f} [{_g(r.bytes, r.hybridxfer.max):.2f}–{_g(r.bytes, r.hybridxfer.min):.2f}] "
             f"| {r.ceiling_name} | {r.ceiling_gbps:.2f} [{_g(r.bytes, r.ceiling.max):.2f}–{_g(r.bytes, r.ceiling.min):.2f}] "
-            f"| {r.ratio:.2f} | {_g(r.bytes, r.memcpy.median):.2f} "
+            f"| {r.ratio:.2f} | {_vllm(r)} | {'—' if r.vs_vllm is None else f'{r.vs_vllm:.2f}'} "
+            f"| {_g(r.bytes, r.memcpy.median):.2f} "
             f"| {(r.plan_bind.median + r.plan_prepare.median) * 1e3:.2f} | {100 * r.planning_fraction:.1f} "
             f"| {r.duplicate_bytes} | {r.padding_bytes_skipped} |")
     return "\n".join(lines)

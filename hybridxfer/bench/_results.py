@@ -64,6 +64,8 @@ class CaseResult:
     plan_bind: Spread
     plan_prepare: Spread
     verified: bool
+    vllm_descriptors: Spread | None = None  # vLLM's per-kernel-block rows through raw NIXL (nixl only)
+    vllm_descriptor_count: int = 0
 
     @property
     def gbps(self) -> float:
@@ -76,6 +78,13 @@ class CaseResult:
     @property
     def ratio(self) -> float:
         return self.ceiling.median / self.hybridxfer.median if self.hybridxfer.median > 0 else 0.0
+
+    @property
+    def vs_vllm(self) -> float | None:
+        """vLLM-scheme time / hybridxfer time over the same bytes (> 1: hybridxfer is faster)."""
+        if self.vllm_descriptors is None or self.hybridxfer.median <= 0:
+            return None
+        return self.vllm_descriptors.median / self.hybridxfer.median
 
     @property
     def planning_fraction(self) -> float:
@@ -100,6 +109,9 @@ class CaseResult:
             "plan_compile_ms": self.plan_compile.median * 1e3, "plan_bind_ms": self.plan_bind.median * 1e3,
             "plan_prepare_ms": self.plan_prepare.median * 1e3, "planning_fraction": self.planning_fraction,
             "verified": self.verified,
+            "vllm_descriptors_gbps": (None if self.vllm_descriptors is None
+                                      else _gbps(self.bytes, self.vllm_descriptors.median)),
+            "vllm_descriptor_count": self.vllm_descriptor_count, "vs_vllm": self.vs_vllm,
         }
 
 

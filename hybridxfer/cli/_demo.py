@@ -46,6 +46,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--requests", type=int, default=1, metavar="K", help="concurrent requests (default 1)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up after S seconds")
     p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
+    from hybridxfer.cli._tls import add_tls_arguments
+
+    add_tls_arguments(p)  # passed on to every serve and pull process
     from hybridxfer.cli import _demo_transformers
 
     _demo_transformers.add_arguments(p)
@@ -57,11 +60,18 @@ def _cli(verbose: int, *argv: object) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hybridxfer.cli._serve import check_tls_transport
+    from hybridxfer.cli._tls import tls_from_args
+    from hybridxfer.cli._usage import UsageError
+
+    tls = tls_from_args(args)  # checked here, once, before any process starts
     if args.engine == "transformers":  # a real model's cache: hybridxfer.cli._demo_transformers
+        if tls is not None:
+            raise UsageError("--tls-* apply to the synthetic demo; --engine transformers runs without TLS")
         from hybridxfer.cli import _demo_transformers
 
         return _demo_transformers.run(args)
-    from hybridxfer.cli._usage import UsageError
+    check_tls_transport(args.transport, tls)
     from hybridxfer.cli._progress import ProgressBar
 
     from hybridxfer.cli._layouts import resolve_layout
@@ -87,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     seconds = max(r["seconds"] for r in ranks)
     verified = all(r["verified"] for r in ranks)
     doc = {"model": model, "layout": str(layout), "src_tp": args.src_tp, "dst_tp": args.dst_tp,
-           "transport": args.transport, "tokens": args.tokens, "requests": args.requests, "bytes": total,
+           "transport": args.transport, "tls": tls is not None, "tokens": args.tokens, "requests": args.requests, "bytes": total,
            "verified": verified, "seconds": seconds, "gbps": total / seconds / 1e9 if seconds else 0.0,
            "wall_seconds": wall, "ranks": ranks}
     if args.json:
@@ -115,6 +125,8 @@ def _check_fits(layout: Path, args: argparse.Namespace) -> str:
 
 async def _conduct(args: argparse.Namespace, layout: Path, bar: Any) -> list[dict[str, Any]]:
     """Start P ranks, then D ranks; release the D ranks together; collect their results."""
+    from hybridxfer.cli._tls import tls_argv
+
     children: list[ChildLines] = []
     phase = "starting P ranks"
     totals: dict[int, int] = {}
@@ -138,7 +150,8 @@ async def _conduct(args: argparse.Namespace, layout: Path, bar: Any) -> list[dic
             draw(force=True)
             p_ranks = [await spawn(_cli(args.verbose, "serve", layout, "--tp", args.src_tp, "--rank", r,
                                         "--listen", "127.0.0.1:0", "--transport", args.transport,
-                                        "--tokens", args.tokens, "--requests", args.requests), f"P rank {r}")
+                                        "--tokens", args.tokens, "--requests", args.requests, *tls_argv(args)),
+                                   f"P rank {r}")
                        for r in range(args.src_tp)]
             addresses = []
             for p in p_ranks:
@@ -150,7 +163,7 @@ async def _conduct(args: argparse.Namespace, layout: Path, bar: Any) -> list[dic
             d_ranks = [await spawn(_cli(args.verbose, "pull", layout, "--src-tp", args.src_tp, "--dst-tp", args.dst_tp,
                                         "--rank", d, "--connect", *addresses, "--tokens", args.tokens,
                                         "--requests", args.requests, "--transport", args.transport,
-                                        "--timeout", args.timeout, "--events"), f"D rank {d}")
+                                        "--timeout", args.timeout, "--events", *tls_argv(args)), f"D rank {d}")
                        for d in range(args.dst_tp)]
             results: dict[int, dict[str, Any]] = {}
 

@@ -20,6 +20,9 @@ P whose lease expires or that restarts ends the pull at once with
 ``EV phase NAME``, ``EV total BYTES``, ``EV ready`` (then it waits for a line on stdin, so
 that every D rank starts transferring at once; that wait is not counted against
 ``--timeout``), ``EV bytes N`` and a final ``EV result JSON``.
+
+``--tls-cert``/``--tls-key``/``--tls-ca``: the metadata fetch and every transport
+connection are TLS 1.3 with both certificates verified; ``serve`` must use TLS too.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from hybridxfer.errors import (
 if TYPE_CHECKING:
     from hybridxfer.cli._metadata import Endpoint, RankMetadata, ServedRequest
     from hybridxfer.layout import Layout
+    from hybridxfer.transport import TlsConfig, TlsContexts
 
 __all__ = ["PullResult", "Served", "add_parser", "check_served"]
 
@@ -77,6 +81,9 @@ def add_parser(sub: Any) -> None:
                    help="deadline from the first connection attempt to the last byte (default 120)")
     p.add_argument("--json", action="store_true", help="print the result (or the error) as JSON")
     p.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
+    from hybridxfer.cli._tls import add_tls_arguments
+
+    add_tls_arguments(p)
     p.set_defaults(handler=_run)
 
 
@@ -114,6 +121,12 @@ class Served:
     tokens: int
 
 
+def _tls(args: argparse.Namespace) -> tuple[TlsConfig, TlsContexts] | None:
+    """What ``--tls-*`` gave (loaded by ``_run``; absent when called another way)."""
+    loaded: tuple[TlsConfig, TlsContexts] | None = getattr(args, "tls", None)
+    return loaded
+
+
 def _emit(events: bool, *parts: object) -> None:
     if events:
         print("EV", *parts, flush=True)
@@ -141,6 +154,11 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--requests must lie in [1, {MAX_REQUESTS}]")
     if not 0 < args.timeout < math.inf:
         raise UsageError("--timeout must be a positive number of seconds")
+    from hybridxfer.cli._serve import check_tls_transport
+    from hybridxfer.cli._tls import tls_from_args
+
+    args.tls = tls_from_args(args)
+    check_tls_transport(args.transport, args.tls)
     result = anyio.run(_pull, args, endpoints)
     if args.events:
         _emit(True, "result", json.dumps(result.to_json()))
@@ -283,7 +301,10 @@ async def _pull_from(args: argparse.Namespace, layout: Layout, endpoints: Sequen
     for endpoint in endpoints:
         deadline.phase = f"fetching metadata from {endpoint}"
         # a little inside the deadline, so that the fetch can say why it failed
-        for meta in await fetch_metadata(endpoint, secret, timeout=max(deadline.left() - 0.05, 0.0)):
+        tls = _tls(args)
+        for meta in await fetch_metadata(endpoint, secret, timeout=max(deadline.left() - 0.05, 0.0),
+                                         tls=tls[1] if tls is not None else None,
+                                         identity=f"pull-d{args.rank}"):  # our transport's client name
             if meta.tp != args.src_tp:
                 raise ConnectError(f"{endpoint} serves P ranks of TP {meta.tp}, not --src-tp {args.src_tp}")
             published[meta.rank] = meta
@@ -315,8 +336,10 @@ async def _transfer(args: argparse.Namespace, layout: Layout, published: dict[in
         layout, args.dst_tp, tokens, requests=count, rank=args.rank))
     check_memory(working_set(dst.total_bytes, count), f"pulling {count} x {tokens} tokens as D rank {args.rank}")
     memory = destination_memory(dst)
+    tls = _tls(args)
     inner = open_transport(args.transport, name=f"pull-d{args.rank}",
-                           **transport_options(args.transport, "127.0.0.1", secret))
+                           **transport_options(args.transport, "127.0.0.1", secret,
+                                               tls=tls[0] if tls is not None else None))
     transport = CountingTransport(inner, lambda n: _emit(args.events, "bytes", n), step_bytes=16 << 20) if args.events else inner
     async with Agent(f"pull-d{args.rank}", transport=transport, role="decode", rank=args.rank,
                      tp_size=args.dst_tp, layout=dst) as agent:

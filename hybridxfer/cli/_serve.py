@@ -16,12 +16,17 @@ With ``--etcd URL`` each served rank is also published in the cluster directory
 and TP rank, under a lease of ``--etcd-ttl`` seconds kept alive while serving runs. A
 serve that dies drops out of the directory when the lease expires; one that stops cleanly
 withdraws at once. Pullers may then find it with ``pull --etcd`` instead of ``--connect``.
+
+With ``--tls-cert``/``--tls-key``/``--tls-ca`` the metadata channel and every transport
+connection are TLS 1.3 with both certificates verified (``docs/security.md``); a
+puller needs the same three options, with its own certificate from the same CA.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Sequence
@@ -34,6 +39,7 @@ from hybridxfer.errors import AuthenticationError, ConnectError
 if TYPE_CHECKING:
     from hybridxfer.cli._metadata import ServedRequest
     from hybridxfer.execute import Agent
+    from hybridxfer.transport import TlsConfig, TlsContexts
 
 __all__ = ["add_parser", "record_name", "served_requests", "transport_options"]
 
@@ -65,6 +71,14 @@ def add_parser(sub: Any) -> None:
                    help="directory name of this P engine; rank R is published as NAME-pR (default: the model id)")
     p.add_argument("--etcd-ttl", type=int, default=10, metavar="S",
                    help="lease of the published records in seconds, >= 2 (default 10)")
+    p.add_argument("--require-grants", action="store_true",
+                   help="serve a request's bytes only to pullers it was granted to: those that fetched the "
+                        "metadata (tcp only; see docs/security.md)")
+    p.add_argument("--grant-lease", type=float, default=300.0, metavar="S",
+                   help="with --require-grants: seconds a fetch's grants last (default 300)")
+    from hybridxfer.cli._tls import add_tls_arguments
+
+    add_tls_arguments(p)
     p.set_defaults(handler=_run)
 
 
@@ -73,7 +87,8 @@ def record_name(name: str, rank: int) -> str:
     return f"{name}-p{rank}"
 
 
-def transport_options(transport: str, host: str, secret: bytes, advertise: str | None = None) -> dict[str, object]:
+def transport_options(transport: str, host: str, secret: bytes, advertise: str | None = None,
+                      tls: TlsConfig | None = None) -> dict[str, object]:
     """Options for ``open_transport``: the TCP transport listens on ``host``, ephemeral port."""
     if transport != "tcp":
         return {}
@@ -82,7 +97,19 @@ def transport_options(transport: str, host: str, secret: bytes, advertise: str |
         options["secret"] = secret
     if advertise:
         options["advertise_host"] = advertise
+    if tls is not None:
+        options["tls"] = tls
     return options
+
+
+def check_tls_transport(transport: str, tls: object) -> None:
+    """``--tls-*`` protect what runs over TCP sockets of ours; refuse them where the cache
+    itself would travel outside (``UsageError``), rather than encrypt only the metadata."""
+    from hybridxfer.cli._usage import UsageError
+
+    if tls is not None and transport != "tcp":
+        raise UsageError(f"--tls-cert/--tls-key/--tls-ca encrypt the tcp transport; the {transport} transport "
+                         "moves the cache outside TLS (see docs/security.md): use --transport tcp, or no --tls-*")
 
 
 def served_requests(requests: int, tokens: int) -> tuple[ServedRequest, ...]:
@@ -113,21 +140,31 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--metrics-port must lie in [0, 65535]")
     if args.etcd is None and args.name is not None:
         raise UsageError("--name names the published records: it needs --etcd")
+    if args.require_grants and args.transport != "tcp":
+        raise UsageError(f"--require-grants is enforced by the tcp transport only, not {args.transport} "
+                         "(see docs/security.md)")
+    if not 0 < args.grant_lease < float("inf"):
+        raise UsageError("--grant-lease must be a positive number of seconds")
     if args.etcd_ttl < 2:
         raise UsageError("--etcd-ttl must be >= 2 seconds (etcd leases count whole seconds)")
     if args.metrics_port is not None:
         from hybridxfer.cli._metrics import require_prometheus
 
         require_prometheus()  # before anything is opened or allocated
+    from hybridxfer.cli._tls import tls_from_args
+
+    tls = tls_from_args(args)
+    check_tls_transport(args.transport, tls)
     secret = read_secret(args.secret_file)
-    if not secret and not is_loopback(endpoint.host):
-        raise AuthenticationError(f"refusing to serve on {endpoint.host} without a shared secret: "
-                                  "set HYBRIDXFER_SECRET or pass --secret-file")
-    anyio.run(_serve, args, endpoint, secret)
+    if not secret and tls is None and not is_loopback(endpoint.host):
+        raise AuthenticationError(f"refusing to serve on {endpoint.host} without a shared secret or TLS: "
+                                  "set HYBRIDXFER_SECRET, pass --secret-file, or give --tls-cert/--tls-key/--tls-ca")
+    anyio.run(_serve, args, endpoint, secret, tls)
     return 0
 
 
-async def _serve(args: argparse.Namespace, endpoint: Any, secret: bytes) -> None:
+async def _serve(args: argparse.Namespace, endpoint: Any, secret: bytes,
+                 tls: tuple[TlsConfig, TlsContexts] | None = None) -> None:
     from hybridxfer.cli._layouts import resolve_layout
     from hybridxfer.cli._limits import check_memory, format_bytes, working_set
     from hybridxfer.cli._metadata import RankMetadata, serve_metadata
@@ -143,7 +180,10 @@ async def _serve(args: argparse.Namespace, endpoint: Any, secret: bytes) -> None
     check_memory(working_set(registered, args.requests),
                  f"serving {args.requests} x {args.tokens} tokens of {layout.model} on P ranks {ranks}")
     served = served_requests(args.requests, args.tokens)
-    options = transport_options(args.transport, endpoint.host, secret, args.advertise)
+    options = transport_options(args.transport, endpoint.host, secret, args.advertise,
+                                tls[0] if tls is not None else None)
+    if args.require_grants:
+        options["require_grants"] = True
     async with contextlib.AsyncExitStack() as stack:
         listener = await _listen(endpoint.host, endpoint.port, "--listen")
         await stack.enter_async_context(listener)
@@ -174,10 +214,13 @@ async def _serve(args: argparse.Namespace, endpoint: Any, secret: bytes) -> None
             await _publish(stack, args, f"{args.advertise or endpoint.host}:{port}", layout.model, agents)
         print(f"serving {layout.model} P ranks {ranks} of TP {args.tp}: {args.requests} x {args.tokens} tokens "
               f"(requests {served[0].id}..{served[-1].id}), {format_bytes(registered)} registered, "
-              f"transport {args.transport}", flush=True)
+              f"transport {args.transport}{' over TLS 1.3' if tls is not None else ''}", flush=True)
         pulls = 0
         async with anyio.create_task_group() as tg:
-            tg.start_soon(serve_metadata, listener, published, secret)
+            tg.start_soon(functools.partial(serve_metadata, listener, published, secret,
+                                            tls=tls[1] if tls is not None else None,
+                                            on_fetch=functools.partial(_grant_fetched, args, agents, served)
+                                            if args.require_grants else None))
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             if exporter is not None and metrics_listener is not None:
                 tg.start_soon(exporter.serve, metrics_listener)
@@ -194,6 +237,27 @@ async def _serve(args: argparse.Namespace, endpoint: Any, secret: bytes) -> None
 
             for agent in agents:
                 tg.start_soon(report, agent)
+
+
+def _grant_fetched(args: argparse.Namespace, agents: Sequence[Agent], served: Sequence[ServedRequest],
+                   identity: str) -> None:
+    """Grant every served request, on every served rank, to the puller that fetched the
+    metadata listing them (its certificate subject, else the name it declared), for
+    ``--grant-lease`` seconds."""
+    from hybridxfer.layout import RankLayout
+    from hybridxfer.synthetic import request_tables
+
+    if not identity:
+        log.warning("serve: a puller fetched the metadata without naming itself; it is granted nothing")
+        return
+    for agent in agents:
+        layout = agent.layout
+        if not isinstance(layout, RankLayout):  # serve builds every agent with one
+            continue
+        for i, request in enumerate(served):
+            agent.grant(request.id, identity, request_tables(layout, request.tokens, i), lease=args.grant_lease)
+    print(f"granted {len(served)} requests on P ranks {[a.rank for a in agents]} to {identity} "
+          f"for {args.grant_lease:g} s", flush=True)
 
 
 async def _publish(stack: contextlib.AsyncExitStack, args: argparse.Namespace, address: str, model: str,

@@ -30,6 +30,8 @@ import attrs
 from hybridxfer.engine._caches import check_caches
 from hybridxfer.engine._failures import FailedRequest, FailurePolicy, FailureReason, RequestFailed
 from hybridxfer.engine._intact import intact_tokens
+from hybridxfer.engine._pull_result import PullResult
+from hybridxfer.engine._stream import StreamedPull, start_streamed_pull
 from hybridxfer.errors import (
     InvalidArgumentError,
     BlockIdError,
@@ -48,10 +50,10 @@ from hybridxfer.execute import (
     LandedBytes,
     Peer,
     ProgressCallback,
+    StreamedTransfer,
     TransferResult,
 )
 from hybridxfer.layout import RankLayout
-from hybridxfer.plan import TransferPlan
 from hybridxfer.transport import Transport
 
 __all__ = ["DecodeConnector", "DecodeStatistics", "MetadataSource", "PullResult"]
@@ -67,22 +69,6 @@ BlockTable = Mapping[str, Sequence[int]]
 #: Returns a prefill engine's *current* metadata blobs (one per P rank), e.g. fetched again
 #: from its metadata server or a cluster directory; how the connector learns of a restart.
 MetadataSource = Callable[[], Awaitable[Sequence[bytes]]]
-
-
-@attrs.frozen
-class PullResult:
-    """A request whose destination blocks now hold exactly P's state."""
-
-    request_id: str
-    engine: str
-    bytes: int
-    descriptors: int
-    seconds: float
-    #: P ranks read from, and P ranks told the request is done.
-    source_ranks: tuple[int, ...]
-    notified_ranks: tuple[int, ...]
-    #: The bound plan (descriptors, statistics) for inspection and logging.
-    plan: TransferPlan = attrs.field(repr=False)
 
 
 @attrs.frozen
@@ -276,6 +262,36 @@ class DecodeConnector:
             self._succeeded.popitem(last=False)
         return PullResult(request_id, engine, result.bytes, result.descriptors, result.seconds,
                           executable.plan.source_ranks, result.notified_ranks, executable.plan)
+
+    def pull_streamed(self, request_id: str, *, engine: str, src_blocks: BlockTable, dst_blocks: BlockTable,
+                      num_tokens: int | None = None, timeout: float | None = None, mode: str = "pull",
+                      on_failure: FailurePolicy = "fail", group_layers: int = 1,
+                      dst_cached_tokens: int | Mapping[str, int] | None = None) -> StreamedPull:
+        """Start moving one request layer by layer while P computes it; returns at once.
+
+        ``mode``: ``pull`` (this rank reads each layer group P reports ready) or ``push``
+        (P writes them; the transport must write). ``group_layers`` layers move as one
+        step. Arguments and failures as :meth:`pull`; ``timeout`` bounds the whole stream.
+        Raises :class:`RequestFailed` (reason ``plan``) at once for what cannot start.
+        """
+        return start_streamed_pull(self, request_id, engine=engine, src_blocks=src_blocks, dst_blocks=dst_blocks,
+                                   num_tokens=num_tokens, timeout=timeout, mode=mode, on_failure=on_failure,
+                                   group_layers=group_layers, dst_cached_tokens=dst_cached_tokens)
+
+    def _stream_succeeded(self, request_id: str, engine: str, stream: StreamedTransfer,
+                          result: TransferResult) -> PullResult:
+        self._in_flight.discard(request_id)
+        self._received += 1
+        self._failed.pop(request_id, None)
+        self._succeeded[request_id] = None
+        while len(self._succeeded) > _REMEMBERED:
+            self._succeeded.popitem(last=False)
+        return PullResult(request_id, engine, result.bytes, result.descriptors, result.seconds,
+                          stream.plan.source_ranks, result.notified_ranks, stream.plan)
+
+    def _stream_failed(self, failure: FailedRequest) -> RequestFailed:
+        self._in_flight.discard(failure.request_id)
+        return self._fail(failure)
 
     async def _restart(self, engine: str, error: BaseException, ends: float) -> tuple[PeerRestartedError,
                                                                                    list[bytes]] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 
 import anyio
@@ -20,9 +20,9 @@ import attrs
 
 from hybridxfer.engine._caches import check_caches
 from hybridxfer.errors import ClosedTransportError, InvalidArgumentError, NotStartedError
-from hybridxfer.execute import Agent, AgentStatistics, CompletedRequest, Completions
+from hybridxfer.execute import Agent, AgentStatistics, CompletedRequest, Completions, RequestGrant
 from hybridxfer.layout import RankLayout
-from hybridxfer.plan import natural_sources
+from hybridxfer.plan import Readiness, natural_sources
 from hybridxfer.transport import Transport
 
 __all__ = ["FinishedRequest", "PrefillConnector", "PrefillStatistics", "decode_consumers"]
@@ -144,6 +144,31 @@ class PrefillConnector:
         self._expected[request_id] = consumers
         self._maybe_finish(request_id)
 
+    def layers_ready(self, request_id: str, layers: Iterable[str], tokens_through: int) -> None:
+        """The engine's per-layer call from its forward loop: ``layers`` hold their final
+        state for tokens ``[0, tokens_through)`` of ``request_id``. Decode ranks streaming
+        the request (``DecodeConnector.pull_streamed``) get it at once, later subscribers on
+        subscribing. Never blocks; call it from the event loop's thread."""
+        self._check_open()
+        self._agent.mark_ready(request_id, Readiness(frozenset(layers), tokens_through))
+
+    def grant(self, request_id: str, peers: str | Sequence[str], blocks: Mapping[str, Sequence[int]], *,
+              lease: float | None = None) -> tuple[RequestGrant, ...]:
+        """Hand ``request_id`` to decode peer(s) ``peers``: only they may read its blocks
+        (``blocks``: this rank's block table of the request, KV group -> block IDs) — on a
+        transport that requires grants (``transport_options={"require_grants": True}``),
+        every other read of them is refused.
+
+        Call it before telling the decoder to pull. The grants end when the request
+        finishes (every expected decode rank reported it) or after ``lease`` seconds,
+        whichever comes first — give a lease, so a decoder that dies does not keep its
+        grant. ``peers``: the identities the transport authenticates (under TLS the
+        certificate subjects, else the decode agents' names).
+        """
+        self._check_open()
+        names = (peers,) if isinstance(peers, str) else tuple(peers)
+        return tuple(self._agent.grant(request_id, peer, blocks, lease=lease) for peer in names)
+
     def finished_requests(self) -> AsyncIterator[FinishedRequest]:
         """``async for done in p.finished_requests()``: each finished request exactly once.
 
@@ -199,6 +224,7 @@ class PrefillConnector:
         del self._readers[request_id]
         self._expected.pop(request_id, None)
         finished = FinishedRequest(request_id, tuple(sorted(readers)))
+        self._agent.revoke(request_id)  # its blocks may now hold another request
         self._finished.add(request_id, finished)
         self._finished_count += 1
         log.info("%s: request %s finished by %s; its blocks may be freed", self.name, request_id,

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio
+import anyio.abc
 import attrs
 
 from hybridxfer.errors import (
@@ -32,6 +33,7 @@ from hybridxfer.errors import (
 )
 from hybridxfer.execute._completions import REMEMBERED, Completions
 from hybridxfer.execute._executable import ExecutablePlan
+from hybridxfer.execute._grants import RequestGrant, grant_request, revoke_request
 from hybridxfer.execute._landed import LandedBytes, LandedTransport
 from hybridxfer.execute._info import (
     AgentInfo,
@@ -43,33 +45,21 @@ from hybridxfer.execute._info import (
     encode_control,
 )
 from hybridxfer.execute._memory import to_region
+from hybridxfer.execute._peer import Peer
 from hybridxfer.execute._progress import CountingTransport, ProgressCallback, TransferProgress
 from hybridxfer.execute._stats import AgentStatistics, StatisticsRecorder
+from hybridxfer.execute._agent_streams import StreamingMixin
+from hybridxfer.execute._stream import StreamedTransfer
+from hybridxfer.execute._stream_source import StreamSource
+from hybridxfer.execute._stream_wire import decode_stream
 from hybridxfer.layout import RankLayout, rank_layout_from_dict
 from hybridxfer.plan import TransferPlan, compile_plan
-from hybridxfer.transport import MemoryRegion, PeerHandle, Transport
+from hybridxfer.transport import Access, MemoryRegion, Transport
 from hybridxfer.transport.registry import open_transport
 
 __all__ = ["Agent", "CompletedRequest", "Peer"]
 
 log = logging.getLogger("hybridxfer.execute")
-
-
-@attrs.frozen
-class Peer:
-    """A connected, compatible peer agent."""
-
-    info: AgentInfo
-    handle: PeerHandle = attrs.field(repr=False)
-
-    @property
-    def rank(self) -> int:
-        return self.info.rank
-
-    @property
-    def incarnation(self) -> str:
-        """The peer's incarnation when we handshook with it."""
-        return self.info.incarnation
 
 
 @attrs.frozen
@@ -85,7 +75,7 @@ class CompletedRequest:
     seconds: float = 0.0
 
 
-class Agent:
+class Agent(StreamingMixin):
     """One rank's endpoint. ``async with Agent(...) as agent:`` then register, connect, prepare.
 
     The agent owns its transport (entered and closed with it) and runs a background task
@@ -131,6 +121,11 @@ class Agent:
         self._hellos: dict[str, AgentInfo] = {}
         self._resources: contextlib.AsyncExitStack | None = None
         self._closed = False
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._streams: dict[str, StreamedTransfer] = {}
+        self._stream_source = StreamSource(name=name, transport=transport, layout=layout,
+                                           local_regions=lambda: self.region_names, hellos=self._hellos,
+                                           spawn=self._spawn)
 
     # -- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> Agent:
@@ -145,6 +140,7 @@ class Agent:
             pump = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(pump.cancel_scope.cancel)
             pump.start_soon(self._pump_notifications)
+            self._tasks = pump  # streams run here too, so closing the agent ends them
             self._resources = stack.pop_all()
         return self
 
@@ -360,6 +356,30 @@ class Agent:
             self._succeeded.popitem(last=False)
 
     # -- P side ------------------------------------------------------------------------
+    def grant(self, request_id: str, peer: str, blocks: Mapping[str, Sequence[int]], *,
+              lease: float | None = None, access: Access = "read") -> RequestGrant:
+        """Let ``peer`` read ``request_id``'s bytes on this rank: every layer's pieces of the
+        blocks in ``blocks`` (P's block table, KV group -> block IDs, as given to D), for
+        ``lease`` seconds (``None``: until :meth:`revoke`).
+
+        ``peer`` is the identity the transport authenticates: the reader's certificate
+        subject under TLS, else its agent name. Enforced where the transport requires
+        grants (``tcp`` with ``require_grants=True``); ``.enforced`` says so. Raises
+        :class:`~hybridxfer.errors.BlockIdError` for IDs outside the layout and
+        :class:`~hybridxfer.errors.RegistrationError` when the request lies in memory not
+        registered here. Synchronous: call it before handing the request to ``peer``.
+        ``access="write"``: let ``peer`` *write* those blocks instead (push mode, on the
+        decode side: ``blocks`` is then D's block table and ``peer`` the prefill writer).
+        """
+        self._check_open()
+        return grant_request(self.transport, self.layout, self.region_names, request_id, peer, blocks, lease,
+                             access)
+
+    def revoke(self, request_id: str, peer: str | None = None) -> int:
+        """Withdraw ``request_id``'s grants (of ``peer``, or every peer's); returns how many
+        were live. Reads of it asked for afterwards are refused; one already being served finishes."""
+        return revoke_request(self.transport, request_id, peer)
+
     async def _pump_notifications(self) -> None:
         while True:
             try:
@@ -367,7 +387,13 @@ class Agent:
             except ClosedTransportError:
                 return
             message = decode_control(note.message)
-            if message is None:
+            stream = decode_stream(note.message) if message is None else None
+            if stream is not None and stream.kind in ("subscribe", "unsubscribe"):
+                self._stream_source.on_message(note.peer_name, stream)
+            elif stream is not None:
+                if (target := self._streams.get(stream.stream_id)) is not None:
+                    target.deliver(note.peer_name, stream)
+            elif message is None:
                 log.debug("agent %s: ignoring foreign notification from %s", self.name, note.peer_name)
             elif message.kind == "hello" and message.info is not None:
                 self._on_hello(note.peer_name, message.info)

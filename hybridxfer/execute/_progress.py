@@ -18,7 +18,7 @@ import attrs
 
 from hybridxfer.descriptors import Descriptors
 from hybridxfer.errors import InvalidArgumentError
-from hybridxfer.transport import DelegatingTransport, PeerHandle, Transport
+from hybridxfer.transport import DelegatingTransport, PeerHandle, Transport, writable
 
 __all__ = ["CountingTransport", "ProgressCallback", "TransferProgress"]
 
@@ -45,7 +45,8 @@ ProgressCallback = Callable[[TransferProgress], None]
 
 
 class CountingTransport(DelegatingTransport):
-    """A transport that calls ``on_bytes(n)`` each time ``n`` bytes of a read have landed."""
+    """A transport that calls ``on_bytes(n)`` each time ``n`` bytes of a read have landed
+    (in our memory) or of a write (in the peer's)."""
 
     def __init__(self, inner: Transport, on_bytes: Callable[[int], None], *,
                  step_bytes: int | None = None) -> None:
@@ -58,8 +59,20 @@ class CountingTransport(DelegatingTransport):
     async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         """The pieces in order, each reported once it has landed. Cancellation leaves what
         the inner transport leaves; the bytes of pieces already reported have landed."""
-        parts = math.ceil(batch.total_bytes / self._step) if self._step else 1
-        for part in batch.split(parts=max(1, parts)):
+        for part in self._pieces(batch):
             await self.inner.read(peer, part)
             if part.total_bytes:
                 self._on_bytes(part.total_bytes)
+
+    async def write(self, peer: PeerHandle, batch: Descriptors) -> None:
+        """As ``read``, for a write: each piece reported once the peer holds its bytes
+        (``UnsupportedOperationError`` if the inner transport cannot write)."""
+        inner = writable(self.inner)
+        for part in self._pieces(batch):
+            await inner.write(peer, part)
+            if part.total_bytes:
+                self._on_bytes(part.total_bytes)
+
+    def _pieces(self, batch: Descriptors) -> tuple[Descriptors, ...]:
+        parts = math.ceil(batch.total_bytes / self._step) if self._step else 1
+        return batch.split(parts=max(1, parts))

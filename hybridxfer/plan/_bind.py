@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import attrs
 import numpy as np
 import numpy.typing as npt
 
@@ -24,7 +25,7 @@ from hybridxfer.plan._plan import PlanStatistics, TransferPlan
 from hybridxfer.plan._prefix import CachedPrefix, CachedTokens, cached_tokens, check_hits, spared_bytes
 from hybridxfer.plan._runs import Runs
 
-__all__ = ["CompiledTemplate", "bind"]
+__all__ = ["CompiledTemplate", "TaggedRows", "bind", "bind_tagged"]
 
 Int64Array = npt.NDArray[np.int64]
 BlockTable = Mapping[str, Sequence[int] | Int64Array]
@@ -67,6 +68,23 @@ class CompiledTemplate(Protocol):
     def tail_runs(self, job: Job, tokens: int) -> Runs: ...
 
 
+@attrs.frozen(eq=False)
+class TaggedRows:
+    """One batch's bound rows before coalescing, each tagged with what it depends on.
+
+    Layer-wise streaming (:mod:`._stream`) hands rows out as the layers they read become
+    final, so it needs, per row, the job (hence the layer), the end of the token chunk it
+    reads (``-1``: a running state, final only once the whole prompt is consumed) and the
+    D block it writes.
+    """
+
+    batch: Batch
+    rows: Descriptors
+    job: Int64Array
+    token_end: Int64Array
+    dst_block: Int64Array
+
+
 def bind(
     template: CompiledTemplate,
     src_blocks: BlockTable,
@@ -95,6 +113,33 @@ def bind(
     of range, duplicated, missing, the two sides' token counts cannot be bridged, or a
     cached count is negative, names a group D lacks, or exceeds the request's tokens.
     """
+    return _bind(template, src_blocks, dst_blocks, num_tokens, dst_cached_tokens, None)
+
+
+def bind_tagged(
+    template: CompiledTemplate,
+    src_blocks: BlockTable,
+    dst_blocks: BlockTable,
+    *,
+    num_tokens: int | None = None,
+    dst_cached_tokens: CachedTokens | None = None,
+) -> tuple[TransferPlan, list[TaggedRows], int | None]:
+    """:func:`bind`, plus every batch's uncoalesced rows with their tags (source rank order)
+    and the request's tokens as the token groups bridged them (``None``: no token group)."""
+    tagged: dict[int, list[TaggedRows]] = {}
+    tokens: list[int] = []
+    plan = _bind(template, src_blocks, dst_blocks, num_tokens, dst_cached_tokens, (tagged, tokens))
+    return plan, [part for rank in sorted(tagged) for part in tagged[rank]], max(tokens, default=None)
+
+
+def _bind(
+    template: CompiledTemplate,
+    src_blocks: BlockTable,
+    dst_blocks: BlockTable,
+    num_tokens: int | None,
+    dst_cached_tokens: CachedTokens | None,
+    tagged: tuple[dict[int, list[TaggedRows]], list[int]] | None,
+) -> TransferPlan:
     src0, dst = template.src[0], template.dst
     src_tab = _tables(src_blocks, src0, "P", _windowed(template, 0))
     dst_tab = _tables(dst_blocks, dst, "D", _windowed(template, 1))
@@ -112,6 +157,10 @@ def bind(
                 chunks[key] = _token_chunks(template, src_tab, dst_tab, key, num_tokens, used_dst,
                                             hits.get(key[1], 0), prefixes)
             out = _token_rows(template, batch, chunks[key])
+            if tagged is not None:
+                tagged[1].append(int(chunks[key][0][0]))
+                tagged[0].setdefault(batch.src_rank, []).append(
+                    TaggedRows(batch, out[0][0], *_token_tags(template, batch, chunks[key])))
             if hits:
                 tokens, skip = chunks[key][0].tolist()
                 skipped += spared_bytes(batch, tokens, skip, int(chunks[key][1].shape[0]),
@@ -122,6 +171,11 @@ def bind(
             sb, db = states[key]
             out = [_rows(batch, batch.runs, batch.src_base + sb * batch.src_page,
                          batch.dst_base + db * batch.dst_page, len(template.kinds))]
+            if tagged is not None:
+                n = len(batch.runs.job)
+                tagged[0].setdefault(batch.src_rank, []).append(TaggedRows(
+                    batch, out[0][0], batch.runs.job, np.full(n, -1, dtype=np.int64),
+                    np.full(n, db, dtype=np.int64)))
         rows.setdefault(batch.src_rank, []).extend(out)
     _check_aliasing(template, used_dst)
     if hits:
@@ -135,17 +189,11 @@ def _token_rows(template: CompiledTemplate, batch: Batch, chunk_arrays: tuple[In
     """Rows of a token batch: every job's runs at every chunk of the request it moves."""
     tokens, s_blk, s_sub, s_tok, d_blk, d_sub, d_tok = chunk_arrays
     g = template.chunk_tokens
-    first = int(tokens[1])  # chunks inside D's cached prefix stay where they are
-    if batch.window is not None:
-        first = max(first, int(max(0, int(tokens[0]) - batch.window) // g))
-    if first:
-        s_blk, s_sub, s_tok = s_blk[first:], s_sub[first:], s_tok[first:]
-        d_blk, d_sub, d_tok = d_blk[first:], d_sub[first:], d_tok[first:]
-    i, n = batch.spread
-    if n > 1:
-        lo, hi = s_blk.shape[0] * i // n, s_blk.shape[0] * (i + 1) // n
+    lo, hi = _chunk_range(template, batch, chunk_arrays)
+    if (lo, hi) != (0, s_blk.shape[0]):
         s_blk, s_sub, s_tok = s_blk[lo:hi], s_sub[lo:hi], s_tok[lo:hi]
         d_blk, d_sub, d_tok = d_blk[lo:hi], d_sub[lo:hi], d_tok[lo:hi]
+    i, n = batch.spread
     # per job (rows) and chunk (columns): where the chunk starts on each side
     s_off = (batch.src_base[:, None] + s_blk[None, :] * batch.src_page[:, None]
              + s_sub[None, :] * batch.src_kernel[:, None] + s_tok[None, :] * batch.src_token[:, None])
@@ -161,9 +209,53 @@ def _token_rows(template: CompiledTemplate, batch: Batch, chunk_arrays: tuple[In
     return [_interleave(main, batch.runs.job, s_off.shape[1] - 1, last, tail.job)]
 
 
-def _interleave(main: KindedRows, main_job: Int64Array, width: int,
-                last: KindedRows, last_job: Int64Array) -> KindedRows:
-    """Put each job's tail rows right after its own full-chunk rows, so they coalesce."""
+def _chunk_range(template: CompiledTemplate, batch: Batch, chunk_arrays: tuple[Int64Array, ...]) -> tuple[int, int]:
+    """The chunks ``[lo, hi)`` (indices from token 0) a token batch moves: none inside D's
+    cached prefix or before a sliding window, and only its share when spread over ranks."""
+    tokens = chunk_arrays[0]
+    count = int(chunk_arrays[1].shape[0])
+    first = int(tokens[1])  # chunks inside D's cached prefix stay where they are
+    if batch.window is not None:
+        first = max(first, int(max(0, int(tokens[0]) - batch.window) // template.chunk_tokens))
+    i, n = batch.spread
+    if n > 1:
+        left = max(0, count - first)
+        return first + left * i // n, first + left * (i + 1) // n
+    return min(first, count), count
+
+
+def _token_tags(template: CompiledTemplate, batch: Batch,
+                chunk_arrays: tuple[Int64Array, ...]) -> tuple[Int64Array, Int64Array, Int64Array]:
+    """Per row of :func:`_token_rows` (same order): its job, the end of its chunk, its D block."""
+    tokens, d_blk = int(chunk_arrays[0][0]), chunk_arrays[4]
+    g = template.chunk_tokens
+    lo, hi = _chunk_range(template, batch, chunk_arrays)
+    ends = np.minimum(np.arange(lo + 1, hi + 1, dtype=np.int64) * g, tokens)
+    blocks = d_blk[lo:hi]
+    width = hi - lo
+    runs = batch.runs
+    i, n = batch.spread
+    if not tokens % g or i != n - 1 or not width:
+        chunk = np.tile(np.arange(width, dtype=np.int64), len(runs.job))
+        return np.repeat(runs.job, width), ends[chunk], blocks[chunk]
+    tail = batch.tail(tokens % g, template.tail_runs)
+    main_at, last_at = _interleave_positions(runs.job, width - 1, tail.job)
+    job = _place(main_at, np.repeat(runs.job, width - 1), last_at, tail.job)
+    chunk = _place(main_at, np.tile(np.arange(width - 1, dtype=np.int64), len(runs.job)), last_at,
+                   np.full(len(tail.job), width - 1, dtype=np.int64))
+    return job, ends[chunk], blocks[chunk]
+
+
+def _place(main_at: Int64Array, m: Int64Array, last_at: Int64Array, t: Int64Array) -> Int64Array:
+    col = np.empty(m.shape[0] + t.shape[0], dtype=np.int64)
+    col[main_at] = m
+    col[last_at] = t
+    return col
+
+
+def _interleave_positions(main_job: Int64Array, width: int, last_job: Int64Array) -> tuple[Int64Array, Int64Array]:
+    """Where each main row and each tail row go when every job's tail rows follow its own
+    full-chunk rows (main rows: run-major, ``width`` chunks each)."""
     jobs = int(max(main_job.max(initial=-1), last_job.max(initial=-1))) + 1
     main_runs = np.bincount(main_job, minlength=jobs)
     last_runs = np.bincount(last_job, minlength=jobs)
@@ -174,12 +266,16 @@ def _interleave(main: KindedRows, main_job: Int64Array, width: int,
     within = np.arange(main_job.shape[0]) - first_main[main_job]
     main_at = ((start[main_job] + within * width)[:, None] + np.arange(width)[None, :]).ravel()
     last_at = start[last_job] + main_runs[last_job] * width + (np.arange(last_job.shape[0]) - first_last[last_job])
+    return main_at.astype(np.int64), last_at.astype(np.int64)
+
+
+def _interleave(main: KindedRows, main_job: Int64Array, width: int,
+                last: KindedRows, last_job: Int64Array) -> KindedRows:
+    """Put each job's tail rows right after its own full-chunk rows, so they coalesce."""
+    main_at, last_at = _interleave_positions(main_job, width, last_job)
 
     def place(m: Int64Array, t: Int64Array) -> Int64Array:
-        col = np.empty(m.shape[0] + t.shape[0], dtype=np.int64)
-        col[main_at] = m
-        col[last_at] = t
-        return col
+        return _place(main_at, m, last_at, t)
 
     (md, m_bytes), (ld, l_bytes) = main, last
     merged = Descriptors(*(place(getattr(md, f), getattr(ld, f)) for f in _RANGE_COLUMNS),

@@ -26,6 +26,7 @@ from hybridxfer.plan._plan import TransferPlan
 from hybridxfer.plan._prefix import CachedTokens
 from hybridxfer.plan._runs import AxisSpan, Runs, box_runs, concat_runs
 from hybridxfer.plan._sources import natural_sources, shard_intervals
+from hybridxfer.plan._stream import StreamSchedule, stream_schedule
 
 __all__ = ["Job", "PlanTemplate", "compile_plan", "piece_runs"]
 
@@ -87,6 +88,19 @@ class PlanTemplate:
     ) -> TransferPlan:
         """Bind a request's block IDs: see :func:`hybridxfer.plan.bind`."""
         return bind(self, src_blocks, dst_blocks, num_tokens=num_tokens, dst_cached_tokens=dst_cached_tokens)
+
+    def stream(
+        self,
+        src_blocks: Mapping[str, Sequence[int] | npt.NDArray[np.int64]],
+        dst_blocks: Mapping[str, Sequence[int] | npt.NDArray[np.int64]],
+        *,
+        num_tokens: int | None = None,
+        dst_cached_tokens: CachedTokens | None = None,
+        group_layers: int = 1,
+    ) -> StreamSchedule:
+        """Bind a request for layer-wise streaming: see :func:`hybridxfer.plan.stream_schedule`."""
+        return stream_schedule(self, src_blocks, dst_blocks, num_tokens=num_tokens,
+                               dst_cached_tokens=dst_cached_tokens, group_layers=group_layers)
 
 
 def compile_plan(src: Sequence[RankLayout], dst: RankLayout, *, coalesce: bool = True,

@@ -7,6 +7,7 @@ transport name and options (so any installed plugin works) and reads what it pri
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -16,14 +17,17 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridxfer._child import ChildLines, open_child
-from hybridxfer.errors import IncompatibleLayoutsError, TransferError
+from hybridxfer.errors import IncompatibleLayoutsError, TransferError, TransportError
 from hybridxfer.descriptors import Descriptors
 from hybridxfer.plan import PlanStatistics, TransferPlan
 from hybridxfer.testing._hybrid_check import check_full_hybrid_oracle
-from hybridxfer.testing._checks import SENTINEL, ConformanceFailure, expect_bytes
+from hybridxfer.testing._checks import SENTINEL, ConformanceFailure, batch, expect_bytes, region_of
+from hybridxfer.testing._write_checks import declines_writes
+from hybridxfer.transport import PeerHandle, WritableTransport, writable
+from hybridxfer.transport.registry import open_transport
 from hybridxfer.testing._peer_process import StaticLayout, pattern_bytes
 
-__all__ = ["PeerProcess", "make_plan"]
+__all__ = ["PeerProcess", "SinkProcess", "make_plan"]
 
 Int64Array = npt.NDArray[np.int64]
 
@@ -223,6 +227,136 @@ async def check_peer_killed_near_end(transport: str, options: Mapping[str, objec
     await check_peer_killed(transport, options, kill_at=0.99)
 
 
+class SinkProcess:
+    """A write target in a child process (:mod:`hybridxfer.testing._sink_process`)."""
+
+    def __init__(self, child: ChildLines, metadata: bytes) -> None:
+        self.child = child
+        self.process = child.process
+        self.metadata = metadata
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def spawn(cls, transport: str, options: Mapping[str, object] | None = None, *, size: int,
+                    name: str = "sink", start_timeout: float = 60.0) -> AsyncIterator[SinkProcess]:
+        """Start the sink and wait for its metadata; kill it on exit whatever happened."""
+        argv = [sys.executable, "-m", "hybridxfer.testing._sink_process", "--transport", transport,
+                "--options", json.dumps(dict(options or {})), "--name", name, "--size", str(size)]
+        async with open_child(argv, lambda status: ConformanceFailure(f"sink process exited ({status})")) as child:
+            with anyio.fail_after(start_timeout):
+                line = await child.line()
+            if not line.startswith("META "):
+                raise ConformanceFailure(f"sink process printed {line!r} instead of its metadata")
+            yield cls(child, bytes.fromhex(line[5:]))
+
+    async def digest(self, timeout: float = 20.0) -> str:
+        """The sha256 of the sink region as the child sees it now."""
+        assert self.process.stdin is not None
+        with anyio.fail_after(timeout):
+            await self.process.stdin.send(b"DIGEST\n")
+            line = await self.child.line()
+        if not line.startswith("DIGEST "):
+            raise ConformanceFailure(f"sink process printed {line!r} instead of a digest")
+        return line.split()[1]
+
+    def kill(self) -> None:
+        self.child.kill()
+
+
+def _sha(data: npt.NDArray[np.uint8]) -> str:
+    return hashlib.sha256(data.tobytes()).hexdigest()
+
+
+@contextlib.asynccontextmanager
+async def _writer(transport: str, options: Mapping[str, object], src: npt.NDArray[np.uint8],
+                  sink_size: int) -> AsyncIterator[tuple[WritableTransport, PeerHandle, SinkProcess] | None]:
+    """Our transport with ``src`` registered, connected to a fresh sink process of
+    ``sink_size`` bytes; ``None`` (no process started) for a transport without writes,
+    once ``writable`` refused it as it must."""
+    if declines_writes(open_transport(transport, name="conf-probe", **dict(options))):
+        yield None
+        return
+    async with open_transport(transport, name="conf-writer", **dict(options)) as t:
+        w = writable(t)
+        await w.register([region_of("src", src)])
+        async with SinkProcess.spawn(transport, options, size=sink_size) as sink:
+            yield w, await w.connect(sink.metadata), sink
+
+
+async def check_write_across_processes(transport: str, options: Mapping[str, object],
+                                       size: int = 4 << 20, piece: int = 1024) -> None:
+    """Rows written into a peer process land exactly (every byte of its region checked);
+    once the peer is SIGKILLed, a write raises a transport error within its deadline."""
+    src = np.random.default_rng(70).integers(0, 256, size, dtype=np.uint8)
+    half, n = size // 2, size // 2 // piece
+    perm = np.random.default_rng(71).permutation(n)
+    rows = batch(0, np.concatenate([perm * piece, [half]]), 0,
+                 np.concatenate([np.arange(n) * piece + 64, [half + 4096]]),
+                 np.concatenate([np.full(n, piece), [half - 8192]]))
+    expected = np.full(size, SENTINEL, np.uint8)
+    for sr, so, dr, do, ln in rows.rows():
+        expected[do:do + ln] = src[so:so + ln]
+    async with _writer(transport, options, src, size) as opened:
+        if opened is None:
+            return
+        w, peer, sink = opened
+        if await sink.digest() != _sha(np.full(size, SENTINEL, np.uint8)):
+            raise ConformanceFailure("the sink process did not start with its sentinel bytes")
+        with anyio.fail_after(30):
+            for part in rows.split(w.capabilities.max_descriptors_per_read):
+                await w.write(peer, part)
+        if await sink.digest() != _sha(expected):
+            raise ConformanceFailure("bytes written into another process differ from what was written "
+                                     "(or bytes outside the rows changed)")
+        sink.kill()
+        await sink.process.wait()
+        await _expect_write_fails(w, peer, batch(0, 0, 0, 0, 4096), "a write to a SIGKILLed peer")
+
+
+async def _expect_write_fails(w: WritableTransport, peer: PeerHandle, rows: Descriptors, what: str,
+                              deadline: float = 20.0) -> None:
+    with anyio.move_on_after(deadline) as scope:
+        try:
+            await w.write(peer, rows)
+        except TransportError:
+            return
+        raise ConformanceFailure(f"{what} succeeded")
+    if scope.cancelled_caught:
+        raise ConformanceFailure(f"{what} did not fail within {deadline} s")
+
+
+async def check_write_to_killed_peer(transport: str, options: Mapping[str, object], size: int = 64 << 20,
+                                     piece: int = 4096) -> None:
+    """The peer SIGKILLed while a large write is under way: that write either completed
+    before the kill or raises a transport error, within its deadline; the next one raises."""
+    src = np.random.default_rng(72).integers(0, 256, size, dtype=np.uint8)
+    n = size // piece
+    perm = np.random.default_rng(73).permutation(n)
+    rows = batch(0, perm * piece, 0, np.arange(n) * piece, piece)
+    async with _writer(transport, options, src, size) as opened:
+        if opened is None:
+            return
+        w, peer, sink = opened
+        await w.write(peer, batch(0, 0, 0, 0, piece))  # connected and warm
+        outcome: list[BaseException | None] = []
+
+        async def run() -> None:
+            try:
+                for part in rows.split(w.capabilities.max_descriptors_per_read):
+                    await w.write(peer, part)
+                outcome.append(None)
+            except TransportError as exc:
+                outcome.append(exc)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await anyio.sleep(0.005)
+                sink.kill()
+            await sink.process.wait()
+        await _expect_write_fails(w, peer, batch(0, 0, 0, 0, piece), "a write after the peer was killed")
+
+
 CROSS_PROCESS_CHECKS: dict[str, Callable[[str, Mapping[str, object]], Awaitable[None]]] = {
     "peer_killed_0": check_peer_killed_before,
     "peer_killed_50": check_peer_killed_mid,
@@ -231,4 +365,6 @@ CROSS_PROCESS_CHECKS: dict[str, Callable[[str, Mapping[str, object]], Awaitable[
     "notified_once_across_processes": check_notified_once_across_processes,
     "incompatible_peer_refused": check_incompatible_peer_refused,
     "full_hybrid_oracle": check_full_hybrid_oracle,
+    "write_across_processes": check_write_across_processes,
+    "write_to_killed_peer": check_write_to_killed_peer,
 }

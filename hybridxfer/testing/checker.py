@@ -16,6 +16,7 @@ import attrs
 
 from hybridxfer.testing._checks import IN_PROCESS_CHECKS, ConformanceFailure, TransportFactory
 from hybridxfer.testing._cross_process import CROSS_PROCESS_CHECKS
+from hybridxfer.testing._write_checks import WRITE_CHECKS
 from hybridxfer.transport.registry import open_transport
 
 __all__ = ["CheckResult", "ConformanceFailure", "assert_conformance", "check_transport"]
@@ -42,7 +43,7 @@ async def check_transport(transport: str, options: Mapping[str, object] | None =
     make = factory or (lambda name: open_transport(transport, name=name, **opts))
     results: list[CheckResult] = []
     checks: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-        (n, functools.partial(c, make)) for n, c in IN_PROCESS_CHECKS.items()
+        (n, functools.partial(c, make)) for n, c in {**IN_PROCESS_CHECKS, **WRITE_CHECKS}.items()
     ]
     if cross_process:
         checks += [(n, functools.partial(c, transport, opts)) for n, c in CROSS_PROCESS_CHECKS.items()]

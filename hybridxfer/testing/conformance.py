@@ -12,7 +12,9 @@ Every test runs on asyncio and trio (the ``anyio`` pytest plugin). Override
 ``transport_factory(self, name)`` to customise in-process construction. A transport that
 cannot cross processes (only ``loopback``) subclasses :class:`InProcessConformanceTests`.
 Each test calls one ``check_*`` function, which you can also run without pytest through
-:func:`hybridxfer.testing.checker.check_transport`.
+:func:`hybridxfer.testing.checker.check_transport`. The ``test_write_*`` tests hold a
+transport whose ``capabilities.writes`` is true to the write (push) contract; for one
+without writes they only check that ``writable()`` refuses it, typed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 
 from hybridxfer.testing import _checks as checks
 from hybridxfer.testing import _cross_process as cross
+from hybridxfer.testing import _write_checks as write_checks
 from hybridxfer.testing._hybrid_check import check_full_hybrid_oracle
 from hybridxfer.transport import Transport
 from hybridxfer.transport.registry import open_transport
@@ -98,6 +101,45 @@ class InProcessConformanceTests:
     async def test_bad_metadata(self) -> None:
         await self._run(checks.check_bad_metadata)
 
+    # Writes (push): each check holds a transport with ``capabilities.writes`` to the write
+    # contract; one without writes must refuse ``writable()`` with UnsupportedOperationError.
+
+    @pytest.mark.anyio
+    async def test_write_exact(self) -> None:
+        await self._run(write_checks.check_write_exact)
+
+    @pytest.mark.anyio
+    async def test_write_many_rows(self) -> None:
+        await self._run(write_checks.check_write_many_rows)
+
+    @pytest.mark.anyio
+    async def test_write_large(self) -> None:
+        await self._run(write_checks.check_write_large)
+
+    @pytest.mark.anyio
+    async def test_write_zero_length(self) -> None:
+        await self._run(write_checks.check_write_zero_length)
+
+    @pytest.mark.anyio
+    async def test_write_out_of_bounds_refused(self) -> None:
+        await self._run(write_checks.check_write_out_of_bounds_refused)
+
+    @pytest.mark.anyio
+    async def test_concurrent_writes(self) -> None:
+        await self._run(write_checks.check_concurrent_writes)
+
+    @pytest.mark.anyio
+    async def test_write_cancellation(self) -> None:
+        await self._run(write_checks.check_write_cancellation)
+
+    @pytest.mark.anyio
+    async def test_write_after_aclose(self) -> None:
+        await self._run(write_checks.check_write_after_aclose)
+
+    @pytest.mark.anyio
+    async def test_write_to_closed_peer(self) -> None:
+        await self._run(write_checks.check_write_to_closed_peer)
+
 
 class TransportConformanceTests(InProcessConformanceTests):
     """The full suite, including a real peer process killed and restarted.
@@ -137,3 +179,11 @@ class TransportConformanceTests(InProcessConformanceTests):
     @pytest.mark.anyio
     async def test_full_hybrid_oracle_between_processes(self) -> None:
         await self._run_cross(check_full_hybrid_oracle)
+
+    @pytest.mark.anyio
+    async def test_write_across_processes(self) -> None:
+        await self._run_cross(cross.check_write_across_processes)
+
+    @pytest.mark.anyio
+    async def test_write_to_killed_peer(self) -> None:
+        await self._run_cross(cross.check_write_to_killed_peer)

@@ -7,6 +7,9 @@ coalesced, mapped onto the peer's and our registration order and split at
 ``max_descriptors_per_read`` — and the transport makes those bytes appear in local memory,
 one-sided (NIXL READ) or two-sided (TCP, UCXX: the peer serves the ranges we ask for). It
 checks them with :func:`~hybridxfer.descriptors.check_bounds` and moves them as they are.
+A transport whose ``capabilities.writes`` is true is also a :class:`WritableTransport`: it
+can *push* rows of its own memory into a peer's (``write``), which is how a prefill
+worker streams finished layers straight into a decode worker's cache.
 Batching, deadlines, retries, metrics and fault injection live above this layer, so a new
 transport stays small.
 
@@ -19,6 +22,12 @@ Lifecycle::
         peer = await transport.connect(peer_meta)
         await transport.read(peer, descriptors)       # bytes land in our regions
         await transport.notify(peer, b"req-7:done")   # peer's next_notification() sees it
+        await writable(transport).write(peer, rows)   # push: our bytes land in the peer's regions
+
+Why ``write`` is a separate protocol: a transport written before writes existed is still a
+complete :class:`Transport`; a caller checks ``capabilities.writes`` (or calls
+:func:`writable`, which raises :class:`~hybridxfer.errors.UnsupportedOperationError`) and
+falls back to reads.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Literal, Protocol, runtime_checkable
 import attrs
 
 from hybridxfer.descriptors import Descriptors
-from hybridxfer.errors import RegistrationError
+from hybridxfer.errors import RegistrationError, UnsupportedOperationError
 
 __all__ = [
     "MemoryKind",
@@ -39,6 +48,8 @@ __all__ = [
     "ReadBatch",
     "Transport",
     "TransportCapabilities",
+    "WritableTransport",
+    "writable",
 ]
 
 MemoryKind = Literal["host", "cuda"]
@@ -56,6 +67,9 @@ class TransportCapabilities:
     #: Largest number of descriptors one ``read`` call accepts; the executor splits above it
     #: (``None``: any number).
     max_descriptors_per_read: int | None = None
+    #: True when ``write`` works (the transport is a :class:`WritableTransport`); the
+    #: executor splits writes at ``max_descriptors_per_read`` too.
+    writes: bool = False
 
 
 @attrs.frozen
@@ -169,3 +183,42 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Release everything. Idempotent: a second call does nothing."""
         ...
+
+
+@runtime_checkable
+class WritableTransport(Transport, Protocol):
+    """A :class:`Transport` that can also push bytes into a peer's memory."""
+
+    async def write(self, peer: PeerHandle, batch: Descriptors) -> None:
+        """Copy every row of ``batch`` from our memory into the peer's.
+
+        The mirror of :meth:`Transport.read`: ``src_region`` indexes *our* regions
+        (registration order), ``dst_region`` the *peer's* (``peer.region_names`` order);
+        ``src_rank`` is not used. Every row must lie inside its regions: one that does not
+        refuses the whole write (:func:`~hybridxfer.descriptors.check_bounds`) with no
+        byte moved — on the receiving side too, for two-sided transports, which never
+        write into memory they did not register.
+
+        Returns when every byte is in the peer's memory (the peer acknowledged, or the
+        one-sided WRITE completed). Raises the same classes as ``read``:
+        :class:`TransferError` (refused or failed), :class:`TransferTimeout`,
+        :class:`ConnectError`, :class:`BrokenTransportError`, :class:`ProtocolError`,
+        :class:`ClosedTransportError` after ``aclose()``, with the native error as
+        ``__cause__``. On cancellation the peer's destination ranges are undefined
+        (possibly partly written) and the transport remains usable.
+        """
+        ...
+
+
+def writable(transport: Transport) -> WritableTransport:
+    """``transport`` as a :class:`WritableTransport`, or a typed refusal.
+
+    Raises :class:`~hybridxfer.errors.UnsupportedOperationError` (naming the transport)
+    when ``capabilities.writes`` is false or it has no ``write``: push mode then falls
+    back to reads, never to a silent no-op.
+    """
+    if not transport.capabilities.writes or not isinstance(transport, WritableTransport):
+        raise UnsupportedOperationError(
+            f"transport {transport.name!r} does not support writes (capabilities.writes is false); "
+            "use reads (pull mode) with it")
+    return transport

@@ -2,7 +2,7 @@
 
 Why a base: metrics, progress and fault injection live in wrappers, not in transports
 (a transport stays small), and each wrapper changes one or two operations. Writing the
-other seven forwards by hand in every wrapper is how they drift from the contract; here
+other eight forwards by hand in every wrapper is how they drift from the contract; here
 they are written once, and a wrapper overrides only what it changes.
 """
 
@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from typing import Self
 
 from hybridxfer.descriptors import Descriptors
-from hybridxfer.transport._protocol import MemoryRegion, Notification, PeerHandle, Transport, TransportCapabilities
+from hybridxfer.transport._protocol import (
+    MemoryRegion,
+    Notification,
+    PeerHandle,
+    Transport,
+    TransportCapabilities,
+    writable,
+)
 
 __all__ = ["DelegatingTransport"]
 
@@ -21,8 +28,10 @@ class DelegatingTransport:
     """A :class:`~hybridxfer.transport.Transport` that forwards everything to ``inner``.
 
     Entering and closing it enters and closes ``inner``: the wrapper owns the transport
-    it wraps. Subclass it and override the operations you change, calling
-    ``super()`` (or ``self.inner``) for the bytes themselves::
+    it wraps. It is a :class:`~hybridxfer.transport.WritableTransport` whenever ``inner``
+    is (``capabilities`` are the inner ones, so ``capabilities.writes`` says which).
+    Subclass it and override the operations you change, calling ``super()`` (or
+    ``self.inner``) for the bytes themselves::
 
         class CountingReads(DelegatingTransport):
             reads = 0
@@ -62,6 +71,11 @@ class DelegatingTransport:
     async def read(self, peer: PeerHandle, batch: Descriptors) -> None:
         """The inner read. Cancellation leaves what the inner transport leaves."""
         await self.inner.read(peer, batch)
+
+    async def write(self, peer: PeerHandle, batch: Descriptors) -> None:
+        """The inner write; :class:`~hybridxfer.errors.UnsupportedOperationError` if the
+        inner transport cannot write. Cancellation leaves what the inner transport leaves."""
+        await writable(self.inner).write(peer, batch)
 
     async def notify(self, peer: PeerHandle, message: bytes) -> None:
         await self.inner.notify(peer, message)

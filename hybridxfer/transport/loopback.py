@@ -62,7 +62,7 @@ class LoopbackPeer:
 
 
 class LoopbackTransport:
-    """Reference transport for agents living in one process (one-sided memcpy)."""
+    """Reference transport for agents living in one process (one-sided memcpy, reads and writes)."""
 
     def __init__(self, *, name: str = "loopback-agent", **_ignored: object) -> None:
         self.agent_name = name
@@ -80,7 +80,7 @@ class LoopbackTransport:
     @property
     def capabilities(self) -> TransportCapabilities:
         return TransportCapabilities(
-            memory_kinds=frozenset({"host"}), one_sided=True, notifications=True
+            memory_kinds=frozenset({"host"}), one_sided=True, notifications=True, writes=True
         )
 
     @property
@@ -153,31 +153,18 @@ class LoopbackTransport:
         """
         self._check_open()
         target = self._peer_target(peer)
-        src_regions, dst_regions = target.regions, self.regions
-        try:
-            check_bounds(batch, src_lengths=[r.length for r in src_regions],
-                         dst_lengths=[r.length for r in dst_regions])
-        except TransferError as exc:
-            log.warning("loopback %s: refused read from %s: %s", self.agent_name, target.agent_name, exc)
-            raise
-        if len(batch) == 0:
-            await anyio.lowlevel.checkpoint()
-            return
-        src_base = np.array([r.address for r in src_regions], dtype=np.int64)
-        dst_base = np.array([r.address for r in dst_regions], dtype=np.int64)
-        src_addr = (src_base[batch.src_region] + batch.src_offset).tolist()
-        dst_addr = (dst_base[batch.dst_region] + batch.dst_offset).tolist()
-        lengths = batch.length.tolist()
-        since = 0
-        for i, (d, s, n) in enumerate(zip(dst_addr, src_addr, lengths, strict=True)):
-            ctypes.memmove(d, s, n)
-            since += n
-            if since >= _BYTES_PER_CHECKPOINT or i % _ROWS_PER_CHECKPOINT == _ROWS_PER_CHECKPOINT - 1:
-                since = 0
-                await anyio.lowlevel.checkpoint()
-                if target._closed:
-                    raise TransferError(f"loopback peer {target.agent_name!r} closed mid-read")
-        await anyio.lowlevel.checkpoint()
+        await _copy(batch, target.regions, self.regions, target, "read from")
+
+    async def write(self, peer: PeerHandle, batch: Descriptors) -> None:
+        """Copy the batch's ranges from our regions into the peer's (the mirror of ``read``).
+
+        ``src_region`` indexes our regions, ``dst_region`` the peer's. Checked like a
+        read, nothing copied on refusal; cancellation leaves the peer's destination
+        undefined, the transport usable.
+        """
+        self._check_open()
+        target = self._peer_target(peer)
+        await _copy(batch, self.regions, target.regions, target, "write to")
 
     async def notify(self, peer: PeerHandle, message: bytes) -> None:
         """Queue ``message`` for the peer. Cancellation before the send leaves nothing queued."""
@@ -210,3 +197,32 @@ class LoopbackTransport:
             self._send.close()
             self._receive.close()
         await anyio.lowlevel.checkpoint()
+
+
+async def _copy(batch: Descriptors, src_regions: Sequence[MemoryRegion], dst_regions: Sequence[MemoryRegion],
+                target: LoopbackTransport, what: str) -> None:
+    """Bounds-check every row, then ``memmove`` them with checkpoints (a read or a write)."""
+    try:
+        check_bounds(batch, src_lengths=[r.length for r in src_regions], operation=what.split()[0],
+                     dst_lengths=[r.length for r in dst_regions])
+    except TransferError as exc:
+        log.warning("loopback: refused %s %s: %s", what, target.agent_name, exc)
+        raise
+    if len(batch) == 0:
+        await anyio.lowlevel.checkpoint()
+        return
+    src_base = np.array([r.address for r in src_regions], dtype=np.int64)
+    dst_base = np.array([r.address for r in dst_regions], dtype=np.int64)
+    src_addr = (src_base[batch.src_region] + batch.src_offset).tolist()
+    dst_addr = (dst_base[batch.dst_region] + batch.dst_offset).tolist()
+    lengths = batch.length.tolist()
+    since = 0
+    for i, (d, s, n) in enumerate(zip(dst_addr, src_addr, lengths, strict=True)):
+        ctypes.memmove(d, s, n)
+        since += n
+        if since >= _BYTES_PER_CHECKPOINT or i % _ROWS_PER_CHECKPOINT == _ROWS_PER_CHECKPOINT - 1:
+            since = 0
+            await anyio.lowlevel.checkpoint()
+            if target._closed:
+                raise TransferError(f"loopback peer {target.agent_name!r} closed mid-{what.split()[0]}")
+    await anyio.lowlevel.checkpoint()

@@ -74,6 +74,7 @@ def test_report_renders_table_json_and_svg() -> None:
                       hybridxfer=s, ceiling_name="raw-socket", ceiling=spread([0.1] * 5), memcpy=s,
                       plan_compile=s, plan_bind=s, plan_prepare=s, verified=True)
     assert REQUIRED <= set(case.to_json())
+    assert case.to_json()["vs_vllm"] is None and case.to_json()["vllm_descriptors_gbps"] is None
     assert "raw-socket" in case_table([case])
     svg = svg_chart([case])
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
@@ -93,6 +94,11 @@ def test_quick_run_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path
         assert REQUIRED <= set(case)
         assert case["duplicate_bytes"] == 0
         assert case["runs"] >= 5
+        # vLLM's per-kernel-block descriptors through raw NIXL, same bytes, beside every NIXL case
+        has_baseline = case["vllm_descriptors_gbps"] is not None and case["vs_vllm"] is not None
+        assert has_baseline == (case["transport"] == "nixl")
+        if has_baseline:
+            assert case["vllm_descriptor_count"] >= case["descriptors"]
     assert any(c["verified"] for c in doc["cases"])
     assert all(p["matches"] for p in doc["planner"])
 

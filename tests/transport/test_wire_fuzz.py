@@ -27,9 +27,11 @@ FUZZ = settings(deadline=None, database=None)
 T = _wire.FrameType
 
 #: Payload limits, from the frame table: nonce/mac 32 B, names 256 B, reasons 1 KiB,
-#: NOTIFY 64 KiB, READ 12 B + 24 B per descriptor, at most 65,536 descriptors.
+#: NOTIFY 64 KiB, READ 12 B + 24 B per descriptor, at most 65,536 descriptors, WRITE 20 B + 24 B
+#: per descriptor (same cap).
 LIMITS = {T.CHALLENGE: 32 + 256, T.AUTH: 64 + 256, T.AUTH_OK: 32, T.AUTH_FAIL: 1024,
-          T.READ: 12 + 24 * 65536, T.READ_OK: 16, T.READ_ERR: 8 + 1024, T.NOTIFY: 64 * 1024, T.NOTIFY_ACK: 0}
+          T.READ: 12 + 24 * 65536, T.READ_OK: 16, T.READ_ERR: 8 + 1024, T.NOTIFY: 64 * 1024, T.NOTIFY_ACK: 0,
+          T.WRITE: 20 + 24 * 65536, T.WRITE_OK: 8, T.WRITE_ERR: 8 + 1024}
 
 
 def _utf8(data: bytes, limit: int) -> bool:
@@ -60,6 +62,10 @@ def reference_accepts(data: bytes) -> bool:
         T.READ_ERR: lambda p: len(p) >= 8 and _utf8(p[8:], 1024),
         T.NOTIFY: lambda p: True,
         T.NOTIFY_ACK: lambda p: p == b"",
+        T.WRITE: lambda p: (len(p) >= 20 and len(p) == 20 + 24 * struct.unpack(">QIQ", p[:20])[1]
+                            and struct.unpack(">QIQ", p[:20])[2] < 2**63),
+        T.WRITE_OK: lambda p: len(p) == 8,
+        T.WRITE_ERR: lambda p: len(p) >= 8 and _utf8(p[8:], 1024),
     }
     return rules[kind](payload)
 
@@ -75,8 +81,13 @@ def reencode(kind: _wire.FrameType, value: _wire.Payload) -> bytes:
             c.astype("<i8").tobytes() for c in (value.src_region, value.src_offset, value.length))
     elif isinstance(value, _wire.ReadOk):
         payload = struct.pack(">QQ", value.seq, value.total)
-    elif isinstance(value, _wire.ReadError):
+    elif isinstance(value, _wire.ReadError | _wire.WriteError):
         payload = struct.pack(">Q", value.seq) + value.reason.encode()
+    elif isinstance(value, _wire.WriteRequest):
+        payload = struct.pack(">QIQ", value.seq, len(value.length), value.total) + b"".join(
+            c.astype("<i8").tobytes() for c in (value.dst_region, value.dst_offset, value.length))
+    elif isinstance(value, _wire.WriteOk):
+        payload = struct.pack(">Q", value.seq)
     elif isinstance(value, str):
         payload = value.encode()
     elif value is None:
@@ -106,10 +117,15 @@ def frames(draw: st.DrawFn) -> bytes:
         count = draw(st.integers(0, 40))
         payload = struct.pack(">QI", draw(st.integers(0, 2**64 - 1)), count)
         payload += draw(st.binary(min_size=24 * count, max_size=24 * count))
+    elif kind is T.WRITE:
+        count = draw(st.integers(0, 40))
+        payload = struct.pack(">QIQ", draw(st.integers(0, 2**64 - 1)), count, draw(st.integers(0, 2**64 - 1)))
+        payload += draw(st.binary(min_size=24 * count, max_size=24 * count))
     else:
-        head = {T.CHALLENGE: 32, T.AUTH: 64, T.AUTH_OK: 32, T.READ_OK: 16, T.READ_ERR: 8}.get(kind, 0)
+        head = {T.CHALLENGE: 32, T.AUTH: 64, T.AUTH_OK: 32, T.READ_OK: 16, T.READ_ERR: 8, T.WRITE_OK: 8,
+                T.WRITE_ERR: 8}.get(kind, 0)
         payload = draw(st.binary(min_size=head, max_size=head))
-        if kind is not T.AUTH_OK and kind is not T.READ_OK and kind is not T.NOTIFY_ACK:
+        if kind not in (T.AUTH_OK, T.READ_OK, T.NOTIFY_ACK, T.WRITE_OK):
             tail = draw(st.one_of(st.text(max_size=40).map(str.encode), st.binary(max_size=40)))
             payload += tail
     header = [b"HX", 1, int(kind), len(payload)]
@@ -167,6 +183,20 @@ def test_read_request_round_trip(seq: int, rows: list[tuple[int, int, int]]) -> 
 
 
 @settings(FUZZ, max_examples=500)
+@given(st.integers(0, 2**64 - 1), st.lists(st.tuples(st.integers(-(2**40), 2**40), st.integers(-(2**40), 2**40),
+                                                     st.integers(0, 2**40)), max_size=30))
+def test_write_request_round_trip(seq: int, rows: list[tuple[int, int, int]]) -> None:
+    cols = [np.array([r[i] for r in rows], dtype=np.int64) for i in range(3)]
+    data = b"".join(_wire.encode_write_request(seq, *cols))
+    kind, req = _wire.decode_frame(data)
+    assert kind is T.WRITE and isinstance(req, _wire.WriteRequest) and req.seq == seq
+    assert req.total == sum(r[2] for r in rows)
+    for got, want in zip((req.dst_region, req.dst_offset, req.length), cols, strict=True):
+        assert got.dtype == np.int64 and got.tolist() == want.tolist()
+    check(data)
+
+
+@settings(FUZZ, max_examples=500)
 @given(st.integers(0, 2**64 - 1), st.text(max_size=1100))
 def test_read_error_round_trip(seq: int, reason: str) -> None:
     """Reasons are cut to the limit on a character boundary, never into invalid UTF-8."""
@@ -189,6 +219,9 @@ def test_read_error_round_trip(seq: int, reason: str) -> None:
         _wire.HEADER.pack(_wire.MAGIC, 1, _wire.FrameType.READ_OK, 16) + struct.pack(">QQ", 1, 2**63),
         _wire.HEADER.pack(_wire.MAGIC, 1, _wire.FrameType.READ, 12) + struct.pack(">QI", 1, 1),
         _wire.HEADER.pack(_wire.MAGIC, 1, _wire.FrameType.AUTH_FAIL, 2) + b"\xff\xfe",
+        _wire.HEADER.pack(_wire.MAGIC, 1, _wire.FrameType.WRITE, 20) + struct.pack(">QIQ", 1, 0, 2**63),
+        _wire.HEADER.pack(_wire.MAGIC, 1, _wire.FrameType.WRITE, 20) + struct.pack(">QIQ", 1, 1, 8),
+        _wire.HEADER.pack(_wire.MAGIC, 1, _wire.FrameType.WRITE_OK, 7) + b"\0" * 7,
     ],
 )
 def test_specific_malformed_frames(data: bytes) -> None:

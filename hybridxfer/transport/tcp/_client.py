@@ -7,6 +7,11 @@ pool opens a fresh one on the next read. A fresh connection to a peer that resta
 the same address reaches *another* process with other memory: its CHALLENGE carries the
 server's incarnation, and a mismatch with the one in the metadata is refused with
 :class:`~hybridxfer.errors.PeerRestartedError` before a single READ is sent.
+
+With TLS configured every connection starts with a TLS 1.3 handshake: the server's
+certificate must come from our CA and name the host we dialled (the one in its
+metadata), and we present ours. A refusal either way is an
+:class:`~hybridxfer.errors.AuthenticationError` before any frame is exchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hmac
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 
 import anyio
@@ -26,13 +32,16 @@ from hybridxfer.errors import (
     AuthenticationError,
     BrokenTransportError,
     ConnectError,
+    GrantRefusedError,
     PeerRestartedError,
     ProtocolError,
     TransferError,
     TransferTimeout,
 )
+from hybridxfer.transport._grants import REFUSAL_PREFIX
+from hybridxfer.transport._tls import TlsContexts, TlsIdentity, tls_refusal
 from hybridxfer.transport.tcp import _wire
-from hybridxfer.transport.tcp._io import recv_exactly, recv_runs_in_thread, send_views
+from hybridxfer.transport.tcp._io import recv_exactly, recv_runs_in_thread, send_views, tls_handshake, wrap_tls
 from hybridxfer.transport.tcp._server import close_socket, tune_socket
 
 __all__ = ["ClientOptions", "TcpConnection", "TcpPeer"]
@@ -49,6 +58,8 @@ class ClientOptions:
     connect_timeout: float = 10.0
     #: Seconds of no progress on a socket before the peer is considered dead.
     stall_timeout: float = 30.0
+    #: TLS contexts: every connection is TLS 1.3 with both certificates verified.
+    tls: TlsContexts | None = attrs.field(default=None, repr=False)
 
 
 class TcpConnection:
@@ -58,6 +69,8 @@ class TcpConnection:
         self._sock = sock
         self._options = options
         self._seq = 0
+        #: The server certificate's identity (None without TLS).
+        self.identity: TlsIdentity | None = None
 
     @classmethod
     async def open(cls, host: str, port: int, options: ClientOptions, incarnation: str = "") -> TcpConnection:
@@ -78,9 +91,12 @@ class TcpConnection:
                 if code:
                     raise ConnectError(f"cannot connect to {host}:{port}: {os.strerror(code)}")
                 conn = cls(sock, options)
+                if options.tls is not None:
+                    sock = conn._sock = wrap_tls(sock, options.tls.client, server_side=False, server_hostname=host)
+                    await conn._start_tls(host, port)
                 await conn._authenticate(host, port, incarnation)
             return conn
-        except PeerRestartedError:
+        except (PeerRestartedError, AuthenticationError):
             close_socket(sock)
             raise
         except TimeoutError as exc:
@@ -88,10 +104,22 @@ class TcpConnection:
             raise ConnectError(f"connecting to {host}:{port} timed out") from exc
         except (BrokenTransportError, ProtocolError, OSError) as exc:
             close_socket(sock)
+            refused = tls_refusal(exc)
+            if refused:
+                raise AuthenticationError(f"TLS: {host}:{port} {refused}") from exc
             raise ConnectError(f"handshake with {host}:{port} failed: {exc}") from exc
         except BaseException:
             close_socket(sock)
             raise
+
+    async def _start_tls(self, host: str, port: int) -> None:
+        assert isinstance(self._sock, ssl.SSLSocket)
+        try:
+            await tls_handshake(self._sock, self._options.stall_timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raise AuthenticationError(f"TLS: the certificate of {host}:{port} is not acceptable: "
+                                      f"{exc.verify_message or exc.reason}") from exc
+        self.identity = TlsIdentity.of(self._sock)
 
     async def _frame(self) -> tuple[_wire.FrameType, _wire.Payload]:
         stall = self._options.stall_timeout
@@ -137,6 +165,8 @@ class TcpConnection:
         await send_views(self._sock, _wire.encode_read_request(seq, d.src_region, d.src_offset, d.length), stall)
         frame_type, reply = await self._frame()
         if isinstance(reply, _wire.ReadError) and reply.seq == seq:
+            if reply.reason.startswith(REFUSAL_PREFIX):
+                raise GrantRefusedError(f"peer refused the read, no bytes moved: {reply.reason}")
             raise TransferError(f"peer refused the read, no bytes moved: {reply.reason}")
         if not isinstance(reply, _wire.ReadOk) or reply.seq != seq:
             raise ProtocolError(f"expected READ_OK for request {seq}, got {frame_type.name}")

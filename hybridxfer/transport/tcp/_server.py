@@ -5,8 +5,11 @@ Why it is built this way:
 * Every connection is its own task with its own deadlines (handshake, frame body, send
   stall), so a client that connects and goes silent, sends half a frame or stops reading
   only ever stalls itself. The number of connections is capped.
-* Authentication happens before any request is even parsed: the client must prove it
-  knows the shared secret (HMAC over our fresh nonce, compared in constant time).
+* Authentication happens before any request is even parsed. With TLS configured, the
+  TLS 1.3 handshake comes first and a client without a certificate from our CA never
+  gets a single frame (its identity is then its certificate's subject); the client must
+  also prove it knows the shared secret, when one is set (HMAC over our fresh nonce,
+  compared in constant time).
 * Every requested range is checked against the registered regions *before* the first byte
   is sent; one bad row refuses the whole batch (``READ_ERR``), is logged, and the
   connection stays usable. We never serve memory that was not registered.
@@ -21,6 +24,7 @@ import logging
 import math
 import os
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -29,11 +33,14 @@ import attrs
 
 from hybridxfer.descriptors import bounds_problem, merge_ranges
 from hybridxfer.errors import BrokenTransportError, ProtocolError
+from hybridxfer.transport._grants import ReadAuthorizer
 from hybridxfer.transport._protocol import MemoryRegion, Notification
+from hybridxfer.transport._tls import TlsContexts, TlsIdentity
 from hybridxfer.transport.tcp import _wire
-from hybridxfer.transport.tcp._io import recv_exactly, send_runs, send_views
+from hybridxfer.transport.tcp._io import recv_exactly, send_runs, send_views, tls_handshake, wrap_tls
+from hybridxfer.transport.tcp._write_serve import serve_write
 
-__all__ = ["ServerLimits", "TcpServer", "close_socket", "tune_socket"]
+__all__ = ["Client", "ServerLimits", "TcpServer", "close_socket", "tune_socket"]
 
 log = logging.getLogger("hybridxfer.transport.tcp.server")
 
@@ -51,6 +58,19 @@ class ServerLimits:
     max_connections: int = 256
 
 
+@attrs.frozen
+class Client:
+    """Who an authenticated connection belongs to.
+
+    ``identity`` is what access decisions bind to: under TLS the subject of the client's
+    verified certificate, else the name it authenticated with (its address if empty).
+    ``name`` is the agent name it declared in AUTH, which notifications carry; under TLS
+    it is *not* proof of anything."""
+
+    identity: str
+    name: str
+
+
 class TcpServer:
     """Accepts connections on a listening socket and serves reads of registered memory."""
 
@@ -63,8 +83,15 @@ class TcpServer:
         notifications: anyio.abc.ObjectSendStream[Notification],
         limits: ServerLimits,
         incarnation: str = "",
+        tls: TlsContexts | None = None,
+        authorize: ReadAuthorizer | None = None,
+        authorize_write: ReadAuthorizer | None = None,
     ) -> None:
         self._name = name
+        self._tls = tls
+        # grants: asked before any READ is served (None: every authenticated peer may read)
+        self._authorize = authorize
+        self._authorize_write = authorize_write
         self._incarnation = incarnation
         self._regions = regions
         self._secret = secret
@@ -101,11 +128,18 @@ class TcpServer:
         client = where
         try:
             with anyio.fail_after(self._limits.handshake_timeout):
-                client = await self._authenticate(conn, where)
-            if not client:
+                identity: TlsIdentity | None = None
+                if self._tls is not None:
+                    conn, identity = await self._start_tls(conn, where)
+                    if identity is None:
+                        return
+                who = await self._authenticate(conn, where, identity)
+            if who is None:
                 return
-            log.info("tcp server %s: authenticated %s from %s", self._name, client, where)
-            await self._serve_requests(conn, client)
+            client = who.identity
+            log.info("tcp server %s: authenticated %s from %s%s", self._name, client, where,
+                     " (TLS certificate)" if identity is not None else "")
+            await self._serve_requests(conn, who)
         except BrokenTransportError as exc:
             log.debug("tcp server %s: %s disconnected: %s", self._name, client, exc)
         except ProtocolError as exc:
@@ -127,7 +161,34 @@ class TcpServer:
         payload = await recv_exactly(conn, length, self._limits.stall_timeout) if length else b""
         return frame_type, _wire.decode_payload(frame_type, payload)
 
-    async def _authenticate(self, conn: socket.socket, where: str) -> str:
+    async def _start_tls(self, conn: socket.socket, where: str) -> tuple[socket.socket, TlsIdentity | None]:
+        """TLS handshake with a mandatory, CA-verified client certificate; the TLS socket
+        (it replaces ``conn``) and the certificate's identity, or None when refused —
+        then nothing but TLS alerts was sent."""
+        assert self._tls is not None
+        tls = wrap_tls(conn, self._tls.server, server_side=True)
+        self._connections.discard(conn)
+        self._connections.add(tls)
+        try:
+            await tls_handshake(tls, self._limits.stall_timeout)
+        except ssl.SSLError as exc:
+            log.warning("tcp server %s: TLS handshake with %s refused: %s", self._name, where,
+                        getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__)
+            return tls, None
+        except BaseException:
+            self._connections.discard(tls)
+            close_socket(tls)
+            raise
+        identity = TlsIdentity.of(tls)
+        if not identity.name:
+            log.warning("tcp server %s: refused %s: its certificate names no subject", self._name, where)
+            return tls, None
+        return tls, identity
+
+    async def _authenticate(self, conn: socket.socket, where: str,
+                            identity: TlsIdentity | None = None) -> Client | None:
+        """Who the client is (None: refused). Under TLS its identity is the certificate's
+        subject, never the name the client declares in AUTH."""
         nonce = os.urandom(_wire.NONCE_BYTES)
         challenge = _wire.encode_frame(_wire.FrameType.CHALLENGE, nonce + f"{self._name}\0{self._incarnation}".encode())
         await send_views(conn, [challenge], self._limits.stall_timeout)
@@ -139,18 +200,22 @@ class TcpServer:
             log.warning("tcp server %s: authentication failed for %s (%r)", self._name, where, payload.client_name)
             fail = _wire.encode_frame(_wire.FrameType.AUTH_FAIL, b"authentication failed")
             await send_views(conn, [fail], self._limits.stall_timeout)
-            return ""
+            return None
         proof = _wire.server_mac(self._secret, nonce, payload.nonce)
         await send_views(conn, [_wire.encode_frame(_wire.FrameType.AUTH_OK, proof)], self._limits.stall_timeout)
-        return payload.client_name or where
+        name = payload.client_name or where
+        return Client(identity.name if identity is not None else name, name)
 
-    async def _serve_requests(self, conn: socket.socket, client: str) -> None:
+    async def _serve_requests(self, conn: socket.socket, client: Client) -> None:
         while True:
             frame_type, payload = await self._read_frame(conn, self._limits.idle_timeout)
             if frame_type is _wire.FrameType.READ and isinstance(payload, _wire.ReadRequest):
-                await self._serve_read(conn, client, payload)
+                await self._serve_read(conn, client.identity, payload)
+            elif frame_type is _wire.FrameType.WRITE and isinstance(payload, _wire.WriteRequest):
+                await serve_write(conn, client.identity, payload, self._regions(), self._limits.stall_timeout,
+                                  self._name, authorize=self._authorize_write)
             elif frame_type is _wire.FrameType.NOTIFY and isinstance(payload, bytes):
-                await self._notifications.send(Notification(client, payload))
+                await self._notifications.send(Notification(client.name, payload))
                 ack = _wire.encode_frame(_wire.FrameType.NOTIFY_ACK)
                 await send_views(conn, [ack], self._limits.stall_timeout)
             else:
@@ -164,6 +229,12 @@ class TcpServer:
             log.warning("tcp server %s: refused READ %d from %s, no byte served: %s", self._name, req.seq, client, problem)
             err = _wire.encode_read_error(req.seq, problem)
             await send_views(conn, [err], self._limits.stall_timeout)
+            return
+        refused = self._authorize(client, req.src_region, req.src_offset, req.length) if self._authorize else None
+        if refused is not None:
+            log.warning("tcp server %s: refused READ %d from %s, no byte served: %s", self._name, req.seq, client,
+                        refused)
+            await send_views(conn, [_wire.encode_read_error(req.seq, refused)], self._limits.stall_timeout)
             return
         region, offset, length = merge_ranges(req.src_region, req.src_offset, req.length)
         total = int(length.sum()) if len(length) else 0

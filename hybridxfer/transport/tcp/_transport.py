@@ -3,9 +3,12 @@
 Every transport both serves (its registered regions, to authenticated peers) and reads
 (from peers it connected to). Why plain TCP at all: on hosts without RDMA it beats UCX's
 own tcp transport several times over (spec 1c), and it needs nothing but the stdlib.
-Security model: listens on 127.0.0.1 unless told otherwise; a shared secret (option
-``secret`` or ``HYBRIDXFER_SECRET``) is required on any other address; there is *no
-encryption* — across untrusted networks tunnel it (WireGuard, SSH) or use an RDMA fabric.
+Security model: listens on 127.0.0.1 unless told otherwise; on any other address it needs
+a shared secret (option ``secret`` or ``HYBRIDXFER_SECRET``) or TLS (option ``tls``), or
+both. With ``tls`` every connection is TLS 1.3 with mutual certificate authentication:
+encrypted, and the peer identity is its certificate's subject. Without it, bytes travel
+in clear text, authenticated by the secret only — tunnel them across untrusted networks.
+See ``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 import anyio.abc
@@ -35,11 +38,14 @@ from hybridxfer.errors import (
     TransferError,
     TransportError,
 )
+from hybridxfer.transport._grants import GrantTable
 from hybridxfer.transport._protocol import MemoryRegion, Notification, PeerHandle, TransportCapabilities
+from hybridxfer.transport._tls import TlsConfig, tls_config
 from hybridxfer.transport.tcp import _wire
 from hybridxfer.transport.tcp._client import ClientOptions, TcpPeer
 from hybridxfer.transport.tcp._io import region_view
 from hybridxfer.transport.tcp._server import ServerLimits, TcpServer, close_socket
+from hybridxfer.transport.tcp._write import write_batch
 
 __all__ = ["SECRET_ENV", "TcpTransport", "is_loopback"]
 
@@ -60,7 +66,7 @@ def is_loopback(host: str) -> bool:
 
 
 class TcpTransport:
-    """Two-sided reads over authenticated TCP; see the module docstring for the threat model.
+    """Two-sided reads and writes over authenticated TCP; see the module docstring for the threat model.
 
     Options: ``name`` (agent name), ``host``/``port`` (listen address, default 127.0.0.1
     and an ephemeral port), ``secret`` (str or bytes; default ``$HYBRIDXFER_SECRET``),
@@ -69,7 +75,15 @@ class TcpTransport:
     (this transport's random id, default a fresh one: published in the metadata and in
     every CHALLENGE, so a reader reconnecting to a restarted server refuses it before
     reading — :class:`~hybridxfer.errors.PeerRestartedError`; an
-    :class:`~hybridxfer.execute.Agent` adopts it as its own incarnation).
+    :class:`~hybridxfer.execute.Agent` adopts it as its own incarnation), ``tls`` (a
+    :class:`~hybridxfer.transport.TlsConfig`, or a mapping with its ``cert``, ``key`` and
+    ``ca`` paths: TLS 1.3, both certificates verified, on every connection served or
+    opened; the files are loaded here, so a bad one fails now with
+    :class:`~hybridxfer.transport.TlsConfigError`), ``require_grants`` (serve a READ only
+    when every row lies inside a live grant of the asking peer in :attr:`grants`, else
+    refuse it whole, logged, and the reader raises
+    :class:`~hybridxfer.errors.GrantRefusedError`; the peer is its certificate's subject
+    under TLS, else its authenticated client name); ``grants`` (that table, default a fresh one).
 
     Serving runs in a task group entered by ``__aenter__``; close it (``async with``) from
     the task that entered it.
@@ -90,14 +104,24 @@ class TcpTransport:
         handshake_timeout: float = 10.0,
         max_connections: int = 256,
         incarnation: str | None = None,
+        tls: TlsConfig | Mapping[str, str] | None = None,
+        require_grants: bool = False,
+        grants: GrantTable | None = None,
     ) -> None:
         raw = secret if secret is not None else os.environ.get(SECRET_ENV)
         self._secret = raw.encode() if isinstance(raw, str) else (raw or b"")
-        if not self._secret and not is_loopback(host):
+        config = tls_config(tls)
+        self._tls = config.load() if config is not None else None
+        if not self._secret and self._tls is None and not is_loopback(host):
             raise AuthenticationError(
-                f"refusing to listen on {host} without a shared secret: pass secret= or set {SECRET_ENV}"
+                f"refusing to listen on {host} without a shared secret or TLS: pass secret= (or set "
+                f"{SECRET_ENV}) or tls="
             )
         self.agent_name = name
+        #: Who may read what (request-scoped grants); checked before every READ when
+        #: ``require_grants`` (see :mod:`hybridxfer.transport._grants`).
+        self.grants = grants if grants is not None else GrantTable()
+        self.require_grants = bool(require_grants)
         self.incarnation = incarnation if incarnation is not None else secrets.token_hex(8)
         if len(name.encode()) + 1 + len(self.incarnation.encode()) > _wire.MAX_NAME_BYTES:
             raise InvalidArgumentError(f"agent name and incarnation exceed {_wire.MAX_NAME_BYTES} bytes: {name!r}")
@@ -105,7 +129,7 @@ class TcpTransport:
         self._advertise = advertise_host or host
         self._connections_per_peer = max(1, connections_per_peer)
         self._split_bytes = split_bytes
-        self._client = ClientOptions(name, self._secret, connect_timeout, stall_timeout)
+        self._client = ClientOptions(name, self._secret, connect_timeout, stall_timeout, self._tls)
         self._limits = ServerLimits(handshake_timeout, stall_timeout, None, max_connections)
         self._regions: list[tuple[MemoryRegion, memoryview]] = []
         self._peers: list[TcpPeer] = []
@@ -117,7 +141,12 @@ class TcpTransport:
         self._closed = False
 
     def __repr__(self) -> str:  # never show the secret
-        return f"<TcpTransport {self.agent_name!r} on {self._host}:{self._port}>"
+        return f"<TcpTransport {self.agent_name!r} on {self._host}:{self._port}{' (TLS)' if self._tls else ''}>"
+
+    @property
+    def tls(self) -> TlsConfig | None:
+        """The TLS configuration in force (None: clear text)."""
+        return self._tls.config if self._tls is not None else None
 
     @property
     def name(self) -> str:
@@ -127,7 +156,7 @@ class TcpTransport:
     def capabilities(self) -> TransportCapabilities:
         return TransportCapabilities(
             memory_kinds=frozenset({"host"}), one_sided=False, notifications=True,
-            max_descriptors_per_read=_wire.MAX_DESCRIPTORS_PER_READ,
+            max_descriptors_per_read=_wire.MAX_DESCRIPTORS_PER_READ, writes=True,
         )
 
     @property
@@ -148,7 +177,9 @@ class TcpTransport:
             stack.callback(receive.close)
             stack.callback(send.close)
             server = TcpServer(name=self.agent_name, regions=lambda: self._regions, secret=self._secret,
-                               notifications=send, limits=self._limits, incarnation=self.incarnation)
+                               notifications=send, limits=self._limits, incarnation=self.incarnation,
+                               tls=self._tls, authorize=self.grants.authorize if self.require_grants else None,
+                               authorize_write=self.grants.authorize_write if self.require_grants else None)
             group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(group.cancel_scope.cancel)
             group.start_soon(server.serve, listener, group)
@@ -202,6 +233,8 @@ class TcpTransport:
             "host": self._advertise, "port": self._port, "incarnation": self.incarnation,
             "regions": [[r.name, r.length] for r, _ in self._regions],
         }
+        if self._tls is not None:
+            doc["tls"] = True
         return json.dumps(doc, sort_keys=True).encode()
 
     async def connect(self, metadata: bytes) -> TcpPeer:
@@ -211,6 +244,13 @@ class TcpTransport:
             doc = json.loads(metadata)
             if doc.get("v") != _METADATA_VERSION or doc.get("transport") != "tcp":
                 raise ConnectError(f"not tcp metadata v{_METADATA_VERSION}")
+            # Refused up front rather than by a handshake that cannot succeed. The metadata
+            # cannot weaken us: with tls set every connection is TLS whatever it says.
+            if doc.get("tls") is True and self._tls is None:
+                raise AuthenticationError(f"peer {doc.get('name')!r} requires TLS: give this transport tls=")
+            if doc.get("tls") is not True and self._tls is not None:
+                raise AuthenticationError(f"peer {doc.get('name')!r} does not offer TLS; this transport "
+                                          "refuses clear text")
             regions = [(str(n), int(length)) for n, length in doc["regions"]]
             peer = TcpPeer(name=str(doc["name"]), region_names=[n for n, _ in regions],
                            region_lengths=[length for _, length in regions], host=str(doc["host"]),
@@ -268,6 +308,14 @@ class TcpTransport:
         except TransportError as exc:
             failures.append(exc)
             scope.cancel()
+
+    async def write(self, peer: PeerHandle, batch: Descriptors) -> None:
+        """Push the descriptors from our registered regions into the peer's (one WRITE
+        round trip per frame; split like a read). Cancellation leaves the peer's
+        destination ranges undefined and closes the connections that were mid-write; the
+        transport and the peer stay usable. See :mod:`._write`."""
+        tcp_peer = self._tcp_peer(peer)
+        await write_batch(tcp_peer, batch, self._regions, self._split(batch))
 
     async def notify(self, peer: PeerHandle, message: bytes) -> None:
         """Deliver ``message``; returns after the peer acknowledged it (exactly once).

@@ -21,6 +21,10 @@ Frames (C = client, the reading D side; S = server, the serving P side)::
     READ_ERR   S->C  seq u64, reason
     NOTIFY     C->S  message
     NOTIFY_ACK S->C  (empty)
+    WRITE      C->S  seq u64, count u32, total u64, dst_region[count] dst_offset[count] length[count]
+                     (<i8), then `total` raw bytes (not framed): the client pushes into the server's regions
+    WRITE_OK   S->C  seq u64                    (every byte is in the server's memory)
+    WRITE_ERR  S->C  seq u64, reason            (refused: the `total` bytes were read and dropped)
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ __all__ = [
     "ReadError",
     "ReadOk",
     "ReadRequest",
+    "WriteError",
+    "WriteOk",
+    "WriteRequest",
     "client_mac",
     "decode_frame",
     "decode_payload",
@@ -57,6 +64,9 @@ __all__ = [
     "encode_read_error",
     "encode_read_ok",
     "encode_read_request",
+    "encode_write_error",
+    "encode_write_ok",
+    "encode_write_request",
     "parse_header",
     "payload_limit",
     "server_mac",
@@ -78,6 +88,7 @@ MAX_DESCRIPTORS_PER_READ = 65536
 _U64 = struct.Struct(">Q")
 _READ_HEAD = struct.Struct(">QI")
 _READ_OK = struct.Struct(">QQ")
+_WRITE_HEAD = struct.Struct(">QIQ")
 _I8 = np.dtype("<i8")
 
 
@@ -91,6 +102,9 @@ class FrameType(enum.IntEnum):
     READ_ERR = 7
     NOTIFY = 8
     NOTIFY_ACK = 9
+    WRITE = 10
+    WRITE_OK = 11
+    WRITE_ERR = 12
 
 
 _LIMITS = {
@@ -103,6 +117,9 @@ _LIMITS = {
     FrameType.READ_ERR: _U64.size + MAX_REASON_BYTES,
     FrameType.NOTIFY: MAX_NOTIFY_BYTES,
     FrameType.NOTIFY_ACK: 0,
+    FrameType.WRITE: _WRITE_HEAD.size + 3 * 8 * MAX_DESCRIPTORS_PER_READ,
+    FrameType.WRITE_OK: _U64.size,
+    FrameType.WRITE_ERR: _U64.size + MAX_REASON_BYTES,
 }
 
 
@@ -154,7 +171,31 @@ class ReadError:
     reason: str
 
 
-Payload = Challenge | Auth | bytes | str | ReadRequest | ReadOk | ReadError | None
+@attrs.frozen(eq=False)
+class WriteRequest:
+    """A push into the server's regions; ``total`` raw bytes follow the frame (declared
+    separately from ``length``, so a refused request can still be drained exactly)."""
+
+    seq: int
+    dst_region: Int64Array
+    dst_offset: Int64Array
+    length: Int64Array
+    total: int
+
+
+@attrs.frozen
+class WriteOk:
+    seq: int
+
+
+@attrs.frozen
+class WriteError:
+    seq: int
+    reason: str
+
+
+Payload = (Challenge | Auth | bytes | str | ReadRequest | ReadOk | ReadError | WriteRequest | WriteOk | WriteError
+           | None)
 
 
 def parse_header(header: bytes | bytearray | memoryview) -> tuple[FrameType, int]:
@@ -204,6 +245,28 @@ def encode_read_error(seq: int, reason: str) -> bytes:
     return encode_frame(FrameType.READ_ERR, _U64.pack(seq) + raw)
 
 
+def encode_write_request(
+    seq: int, dst_region: Int64Array, dst_offset: Int64Array, length: Int64Array
+) -> list[bytes]:
+    """Header + columns as separate buffers; the caller sends ``sum(length)`` raw bytes next."""
+    count = len(length)
+    if count > MAX_DESCRIPTORS_PER_READ:
+        raise ProtocolError(f"{count} descriptors exceed {MAX_DESCRIPTORS_PER_READ} per WRITE frame")
+    total = int(length.sum()) if count else 0
+    cols = [np.ascontiguousarray(c, dtype=_I8).tobytes() for c in (dst_region, dst_offset, length)]
+    size = _WRITE_HEAD.size + 24 * count
+    return [HEADER.pack(MAGIC, VERSION, FrameType.WRITE, size), _WRITE_HEAD.pack(seq, count, total), *cols]
+
+
+def encode_write_ok(seq: int) -> bytes:
+    return encode_frame(FrameType.WRITE_OK, _U64.pack(seq))
+
+
+def encode_write_error(seq: int, reason: str) -> bytes:
+    raw = reason.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode()
+    return encode_frame(FrameType.WRITE_ERR, _U64.pack(seq) + raw)
+
+
 def _text(data: bytes, what: str, limit: int) -> str:
     if len(data) > limit:
         raise ProtocolError(f"{what} longer than {limit} bytes")
@@ -248,6 +311,16 @@ def decode_payload(frame_type: FrameType, payload: bytes) -> Payload:
         return ReadError(_U64.unpack_from(payload)[0], _text(payload[8:], "READ_ERR reason", MAX_REASON_BYTES))
     if frame_type is FrameType.NOTIFY:
         return payload
+    if frame_type is FrameType.WRITE:
+        return _decode_write(payload)
+    if frame_type is FrameType.WRITE_OK:
+        if len(payload) != _U64.size:
+            raise ProtocolError("WRITE_OK must carry 8 bytes")
+        return WriteOk(_U64.unpack(payload)[0])
+    if frame_type is FrameType.WRITE_ERR:
+        if len(payload) < _U64.size:
+            raise ProtocolError("truncated WRITE_ERR")
+        return WriteError(_U64.unpack_from(payload)[0], _text(payload[8:], "WRITE_ERR reason", MAX_REASON_BYTES))
     if payload:
         raise ProtocolError("NOTIFY_ACK carries no payload")
     return None
@@ -264,6 +337,20 @@ def _decode_read(payload: bytes) -> ReadRequest:
     cols = np.frombuffer(payload, dtype=_I8, offset=_READ_HEAD.size).reshape(3, count)
     as_native = cols.astype(np.int64)
     return ReadRequest(seq, as_native[0], as_native[1], as_native[2])
+
+
+def _decode_write(payload: bytes) -> WriteRequest:
+    if len(payload) < _WRITE_HEAD.size:
+        raise ProtocolError("truncated WRITE header")
+    seq, count, total = _WRITE_HEAD.unpack_from(payload)
+    if count > MAX_DESCRIPTORS_PER_READ:
+        raise ProtocolError(f"WRITE with {count} descriptors exceeds {MAX_DESCRIPTORS_PER_READ}")
+    if len(payload) != _WRITE_HEAD.size + 24 * count:
+        raise ProtocolError(f"WRITE of {count} descriptors has {len(payload)} payload bytes")
+    if total >= 1 << 63:
+        raise ProtocolError("WRITE total overflows int64")
+    cols = np.frombuffer(payload, dtype=_I8, offset=_WRITE_HEAD.size).reshape(3, count).astype(np.int64)
+    return WriteRequest(seq, cols[0], cols[1], cols[2], total)
 
 
 def decode_frame(data: bytes) -> tuple[FrameType, Payload]:

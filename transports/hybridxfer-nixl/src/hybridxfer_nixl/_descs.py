@@ -4,12 +4,13 @@ Why numpy all the way: NIXL accepts an ``N×3`` ``uint64`` array directly
 (``get_xfer_descs``), which is ~30× cheaper than a list of tuples. Bounds are checked
 here with :func:`hybridxfer.transport.check_bounds` against the region tables both sides
 published, so an out-of-range row refuses the whole batch before any descriptor reaches
-NIXL (one-sided READ has no serving side that could refuse it later).
+NIXL (one-sided READ and WRITE have no serving side that could refuse them later).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import attrs
 import numpy as np
@@ -52,7 +53,7 @@ class RegionTable:
 
 @attrs.frozen(eq=False)
 class DescriptorPair:
-    """Local and remote ``N×3`` descriptor arrays for one READ, plus its NIXL memory types."""
+    """Local and remote ``N×3`` descriptor arrays for one READ or WRITE, plus their NIXL memory types."""
 
     local: U64Array
     remote: U64Array
@@ -67,39 +68,47 @@ def _mem_type(kinds: tuple[str, ...], used: I64Array, side: str) -> str:
     used_kinds = {kinds[i] for i in np.unique(used).tolist()}
     if len(used_kinds) > 1:
         # One NIXL dlist has one memory type; the executor groups by region kind already.
-        raise TransferError(f"{side} regions of one read mix host and cuda memory")
+        raise TransferError(f"{side} regions of one transfer mix host and cuda memory")
     return "VRAM" if used_kinds == {"cuda"} else "DRAM"
 
 
-def build_descriptors(batch: Descriptors, local: RegionTable, remote: RegionTable) -> DescriptorPair:
+def build_descriptors(batch: Descriptors, local: RegionTable, remote: RegionTable,
+                      operation: Literal["READ", "WRITE"] = "READ") -> DescriptorPair:
     """Check every row against both tables and return NIXL descriptor arrays.
 
-    One-sided READ has no serving side that could refuse a row later, so the shared
-    bounds check runs here, on both sides, before any descriptor reaches NIXL.
-    Zero-length rows are dropped (NIXL rejects empty descriptors); they move nothing.
+    A READ's source columns index the remote table and its destination ours; a WRITE's
+    the other way round (our source, the peer's destination). One-sided transfers have
+    no serving side that could refuse a row later, so the shared bounds check runs here,
+    on both sides, before any descriptor reaches NIXL. Zero-length rows are dropped
+    (NIXL rejects empty descriptors); they move nothing.
     """
-    if len(remote) == 0 or len(local) == 0:
-        side = "source" if len(remote) == 0 else "destination"
-        raise TransferError(f"read refused, no byte moved: the {side} side has no registered regions")
-    check_bounds(batch, src_lengths=remote.lengths, dst_lengths=local.lengths)
+    src_table, dst_table = (remote, local) if operation == "READ" else (local, remote)
+    what = operation.lower()
+    if len(src_table) == 0 or len(dst_table) == 0:
+        side = "source" if len(src_table) == 0 else "destination"
+        raise TransferError(f"{what} refused, no byte moved: the {side} side has no registered regions")
+    check_bounds(batch, src_lengths=src_table.lengths, dst_lengths=dst_table.lengths, operation=what)
     keep = batch.length > 0
     d = batch if keep.all() else batch.take(keep)
-    src_region, src_offset, dst_region, dst_offset, length = (
-        d.src_region, d.src_offset, d.dst_region, d.dst_offset, d.length)
+    if operation == "READ":
+        remote_region, remote_offset, local_region, local_offset = d.src_region, d.src_offset, d.dst_region, d.dst_offset
+    else:
+        local_region, local_offset, remote_region, remote_offset = d.src_region, d.src_offset, d.dst_region, d.dst_offset
+    length = d.length
     rows = int(length.shape[0])
     local_descs = np.empty((rows, 3), dtype=np.uint64)
-    local_descs[:, 0] = local.addresses[dst_region] + dst_offset
+    local_descs[:, 0] = local.addresses[local_region] + local_offset
     local_descs[:, 1] = length
-    local_descs[:, 2] = local.devices[dst_region]
+    local_descs[:, 2] = local.devices[local_region]
     remote_descs = np.empty((rows, 3), dtype=np.uint64)
-    remote_descs[:, 0] = remote.addresses[src_region] + src_offset
+    remote_descs[:, 0] = remote.addresses[remote_region] + remote_offset
     remote_descs[:, 1] = length
-    remote_descs[:, 2] = remote.devices[src_region]
+    remote_descs[:, 2] = remote.devices[remote_region]
     if rows == 0:
         return DescriptorPair(local_descs, remote_descs, "DRAM", "DRAM")
     return DescriptorPair(
         local_descs,
         remote_descs,
-        _mem_type(local.kinds, dst_region, "destination"),
-        _mem_type(remote.kinds, src_region, "source"),
+        _mem_type(local.kinds, local_region, "local"),
+        _mem_type(remote.kinds, remote_region, "remote"),
     )

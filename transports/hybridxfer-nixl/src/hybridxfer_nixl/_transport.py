@@ -1,4 +1,4 @@
-"""``NixlTransport``: one-sided NIXL READ behind the hybridxfer transport contract.
+"""``NixlTransport``: one-sided NIXL READ and WRITE behind the hybridxfer transport contract.
 
 Every NIXL call runs on one private thread (:mod:`._worker`); this module only checks
 arguments, builds numpy descriptor arrays and waits, so the event loop never blocks.
@@ -18,6 +18,7 @@ import math
 import os
 import uuid
 from collections.abc import Sequence
+from typing import Literal
 
 import anyio
 import anyio.lowlevel
@@ -55,11 +56,11 @@ _NIXL_MEM = {"host": "DRAM", "cuda": "VRAM"}
 
 
 class NixlTransport:
-    """NIXL (UCX backend) READ transport; host memory everywhere, CUDA memory with a GPU.
+    """NIXL (UCX backend) READ/WRITE transport; host memory everywhere, CUDA memory with a GPU.
 
     ``progress_thread=False`` (default) disables NIXL's own progress thread: our worker
     thread drives progress, measured 1.5–2× faster on small CPU budgets. ``read_timeout``
-    is the per-READ deadline after which the handle is released and
+    is the per-READ (and per-WRITE) deadline after which the handle is released and
     :class:`~hybridxfer.errors.TransferTimeout` raised — a stalled (not dead) peer never
     produces a NIXL error by itself. ``cancel_grace`` bounds how long a cancelled read
     waits for NIXL to confirm the handle was released.
@@ -110,6 +111,7 @@ class NixlTransport:
             one_sided=True,
             notifications=True,
             max_descriptors_per_read=None,
+            writes=True,
         )
 
     async def __aenter__(self) -> NixlTransport:
@@ -237,13 +239,26 @@ class NixlTransport:
         returns NIXL normally no longer writes into the destination. The destination
         ranges are undefined (possibly partly written); the transport stays usable.
         """
+        await self._transfer(peer, batch, "READ")
+
+    async def write(self, peer: PeerHandle, batch: Descriptors) -> None:
+        """WRITE every row of ``batch`` from our regions into ``peer``'s, one-sided.
+
+        ``src_region`` indexes our regions, ``dst_region`` the peer's (as its metadata
+        published them at ``connect``). Returns when NIXL reports the WRITE complete.
+        Timeout and cancellation as for ``read``: the handle is released, the peer's
+        destination ranges are undefined, the transport stays usable.
+        """
+        await self._transfer(peer, batch, "WRITE")
+
+    async def _transfer(self, peer: PeerHandle, batch: Descriptors, operation: Literal["READ", "WRITE"]) -> None:
         worker, caller = self._running()
         nixl_peer = self._peer(peer)
-        descs = build_descriptors(batch, self._table, nixl_peer.table)
+        descs = build_descriptors(batch, self._table, nixl_peer.table, operation)
         if len(descs) == 0:
             await anyio.lowlevel.checkpoint()
             return
-        job = worker.start_read(descs, nixl_peer.name, self._read_timeout)
+        job = worker.start_read(descs, nixl_peer.name, self._read_timeout, operation)
         try:
             await wait_future(caller, job.future)
         except anyio.get_cancelled_exc_class():

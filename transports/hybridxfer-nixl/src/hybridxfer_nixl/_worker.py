@@ -1,4 +1,4 @@
-"""The one thread that owns the NIXL agent: posts READs, polls them, drives progress.
+"""The one thread that owns the NIXL agent: posts READs and WRITEs, polls them, drives progress.
 
 Why a dedicated thread: measured on the target machines, ``transfer()`` on the cma path
 blocks for the whole transfer, and NIXL's Python API offers no completion callback, only
@@ -42,11 +42,13 @@ _Command = Callable[[], None]
 
 
 class ReadJob:
-    """One posted READ. ``future`` resolves when NIXL no longer touches its memory."""
+    """One posted READ (or WRITE: ``operation``). ``future`` resolves when NIXL no longer
+    touches its memory."""
 
-    __slots__ = ("cancel_requested", "deadline", "future", "handle", "peer", "timeout")
+    __slots__ = ("cancel_requested", "deadline", "future", "handle", "operation", "peer", "timeout")
 
-    def __init__(self, peer: str, timeout: float | None) -> None:
+    def __init__(self, peer: str, timeout: float | None, operation: str = "READ") -> None:
+        self.operation = operation
         self.peer = peer
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
@@ -55,8 +57,13 @@ class ReadJob:
         self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
 
 
-def _translate(peer: str, exc: BaseException) -> TransferError:
-    err = TransferError(f"NIXL READ from {peer!r} failed: {type(exc).__name__}: {exc}")
+def _where(job: ReadJob) -> str:
+    """``READ from 'p'`` / ``WRITE to 'p'``, for messages."""
+    return f"{job.operation} {'from' if job.operation == 'READ' else 'to'} {job.peer!r}"
+
+
+def _translate(job: ReadJob, exc: BaseException) -> TransferError:
+    err = TransferError(f"NIXL {_where(job)} failed: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
 
@@ -108,8 +115,10 @@ class NixlWorker:
         self._commands.put(command)
         return future
 
-    def start_read(self, descs: DescriptorPair, peer: str, timeout: float | None) -> ReadJob:
-        job = ReadJob(peer, timeout)
+    def start_read(self, descs: DescriptorPair, peer: str, timeout: float | None,
+                   operation: str = "READ") -> ReadJob:
+        """Post a READ (or, with ``operation="WRITE"``, a WRITE) of ``descs``."""
+        job = ReadJob(peer, timeout, operation)
         self._commands.put(lambda: self._post(job, descs))
         return job
 
@@ -198,15 +207,15 @@ class NixlWorker:
         try:
             local = agent.get_xfer_descs(descs.local, descs.local_mem)
             remote = agent.get_xfer_descs(descs.remote, descs.remote_mem)
-            job.handle = agent.initialize_xfer("READ", local, remote, job.peer)
+            job.handle = agent.initialize_xfer(job.operation, local, remote, job.peer)
             state = agent.transfer(job.handle)
         except Exception as exc:
-            self._finish(job, _translate(job.peer, exc))
+            self._finish(job, _translate(job, exc))
             return
         if state == "PROC":
             self._jobs.append(job)
         else:
-            self._finish(job, None if state == "DONE" else TransferError(f"NIXL READ from {job.peer!r} failed to post"))
+            self._finish(job, None if state == "DONE" else TransferError(f"NIXL {_where(job)} failed to post"))
 
     def _poll_jobs(self) -> None:
         agent = self._agent
@@ -216,18 +225,18 @@ class NixlWorker:
             try:
                 state = agent.check_xfer_state(job.handle)
             except Exception as exc:
-                self._finish(job, _translate(job.peer, exc))
+                self._finish(job, _translate(job, exc))
                 continue
             if state == "DONE":
                 self._finish(job, None)
             elif state != "PROC":
-                self._finish(job, TransferError(f"NIXL READ from {job.peer!r} failed (state {state})"))
+                self._finish(job, TransferError(f"NIXL {_where(job)} failed (state {state})"))
             elif job.cancel_requested:
-                if not self._try_release(job, TransferError("READ cancelled")):
+                if not self._try_release(job, TransferError(f"{job.operation} cancelled")):
                     still.append(job)
             elif job.deadline is not None and now > job.deadline:
                 timeout = TransferTimeout(
-                    f"NIXL READ from {job.peer!r} did not finish within {job.timeout} s; "
+                    f"NIXL {_where(job)} did not finish within {job.timeout} s; "
                     "the peer may be stalled"
                 )
                 if not self._try_release(job, timeout):
@@ -253,7 +262,7 @@ class NixlWorker:
                 self._agent.release_xfer_handle(job.handle)
             except Exception as exc:
                 if error is None:
-                    error = _translate(job.peer, exc)
+                    error = _translate(job, exc)
             job.handle = None
         if job.future.done():
             return
@@ -272,7 +281,7 @@ class NixlWorker:
 
     def _teardown(self) -> None:
         for job in self._jobs:
-            self._finish(job, TransferError("transport closed while the READ was in flight"))
+            self._finish(job, TransferError(f"transport closed while the {job.operation} was in flight"))
         self._jobs.clear()
         self._dead = ClosedTransportError("NIXL agent closed")
         self._drain()  # fail anything queued after stop() so no caller waits forever

@@ -22,11 +22,13 @@ from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hybridxfer.descriptors import Descriptors
-from hybridxfer.errors import BrokenTransportError, ProtocolError, TransferError, TransferTimeout
+from hybridxfer.errors import BrokenTransportError, GrantRefusedError, ProtocolError, TransferError, TransferTimeout
+from hybridxfer.transport import REFUSAL_PREFIX
 
+from hybridxfer_ucxx._push import READY, send_messages
 from hybridxfer_ucxx._schedule import Message, schedule
 from hybridxfer_ucxx._serve import DONE
-from hybridxfer_ucxx._wire import FrameType, encode_read, read_frame, write_frame
+from hybridxfer_ucxx._wire import FrameType, encode_read, encode_write, read_frame, write_frame
 
 __all__ = ["UcxxPeer"]
 
@@ -70,6 +72,9 @@ class UcxxPeer:
         self._lock = anyio.Lock()
         self._requests = itertools.count(1)
         self._pending: dict[int, _Waiter] = {}
+        #: Writes waiting for the peer's READY (its receives are posted).
+        self._ready: dict[int, _Waiter] = {}
+        self._write_requests: set[int] = set()
         self._acks: list[_Waiter] = []
         self.broken: Exception | None = None
         #: Our (agent name, worker address), kept to say hello again after an abort.
@@ -97,11 +102,22 @@ class UcxxPeer:
                 if kind is FrameType.DONE:
                     request, ok = DONE.unpack_from(payload)
                     waiter = self._pending.pop(request, None)
-                    if waiter is not None:
-                        if not ok:
-                            reason = payload[DONE.size :].decode(errors="replace")
-                            waiter.error = TransferError(f"peer {self._name!r} refused the read: {reason}")
-                        waiter.event.set()
+                    # a write refused before READY waits on its READY waiter: wake it too
+                    ready = self._ready.pop(request, None)
+                    error: TransferError | None = None
+                    if not ok:
+                        reason = payload[DONE.size :].decode(errors="replace")
+                        refusal = GrantRefusedError if reason.startswith(REFUSAL_PREFIX) else TransferError
+                        what = "write" if request in self._write_requests else "read"
+                        error = refusal(f"peer {self._name!r} refused the {what}: {reason}")
+                    for woken in (waiter, ready):
+                        if woken is not None:
+                            woken.error = woken.error or error
+                            woken.event.set()
+                elif kind is FrameType.READY:
+                    (request,) = READY.unpack_from(payload)
+                    if (ready := self._ready.pop(request, None)) is not None:
+                        ready.event.set()
                 elif kind is FrameType.NOTIFY_ACK and self._acks:
                     self._acks.pop(0).event.set()
                 else:
@@ -114,10 +130,11 @@ class UcxxPeer:
     def _break(self, exc: Exception) -> None:
         if self.broken is None:
             self.broken = exc
-        for waiter in [*self._pending.values(), *self._acks]:
+        for waiter in [*self._pending.values(), *self._ready.values(), *self._acks]:
             waiter.error = waiter.error or exc
             waiter.event.set()
         self._pending.clear()
+        self._ready.clear()
         self._acks.clear()
         self.abort_endpoint()
 
@@ -132,6 +149,74 @@ class UcxxPeer:
         async with self._lock:
             await write_frame(self._stream, kind, payload)
 
+    async def _ensure_endpoint(self) -> Any:
+        """Our UCX endpoint to the peer's worker (made on first use, again after an abort)."""
+        if self.broken is not None:
+            raise BrokenTransportError(f"peer {self._name!r} is unreachable: {self.broken}") from self.broken
+        if self._endpoint is None:
+            if self._aborted and self._own is not None:
+                # P's endpoint to us may still hold sends of the aborted read (or receives of
+                # an aborted write), queued ahead of anything new: a fresh hello makes P
+                # replace it (failing those).
+                await self.hello(*self._own)
+            self._aborted = False
+            address = self._ucxx.get_ucx_address_from_buffer(self._worker_address)
+            self._endpoint = await self._ucxx.create_endpoint_from_worker_address(
+                address, endpoint_error_handling=self._error_handling
+            )
+        return self._endpoint
+
+    async def write(
+        self,
+        views: Sequence[U8Array],
+        descriptors: Descriptors,
+        *,
+        zero_copy_bytes: int,
+        pack_bytes: int,
+        timeout: float | None,
+    ) -> None:
+        """Push the rows from our ``views`` into the peer's regions (see :mod:`._push`):
+        WRITE frame, wait for READY, send the messages, wait for DONE. A refusal (before
+        READY: the peer posted nothing) leaves the endpoint as it is; any other failure or
+        a cancellation aborts it, like a read's."""
+        d = descriptors
+        endpoint = await self._ensure_endpoint()
+        request = next(self._requests)
+        tag = self._tag_base | (request & 0xFFFFFF)
+        messages = schedule(d.length, zero_copy_bytes, pack_bytes)
+        ready = self._ready[request] = _Waiter()
+        done = self._pending[request] = _Waiter()
+        self._write_requests.add(request)
+        completed = refused = False
+        try:
+            with anyio.fail_after(timeout):
+                await self._send(FrameType.WRITE, encode_write(request, d.dst_region, d.dst_offset, d.length,
+                                                               zero_copy_bytes=zero_copy_bytes,
+                                                               pack_bytes=pack_bytes))
+                await ready.event.wait()
+                if ready.error is not None:
+                    refused = isinstance(ready.error, TransferError)
+                    raise ready.error
+                await send_messages(endpoint, views, messages, tag, d.src_region, d.src_offset, d.length)
+                await done.event.wait()
+                if done.error is not None:
+                    raise done.error
+            completed = True
+        except TimeoutError as exc:
+            raise TransferTimeout(f"write to {self._name!r} did not finish within {timeout} s") from exc
+        except (TransferError, BrokenTransportError, ProtocolError):
+            raise
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise BrokenTransportError(f"control connection to {self._name!r} failed: {exc}") from exc
+        except Exception as exc:
+            raise TransferError(f"write to {self._name!r} failed: {exc}") from exc
+        finally:
+            self._pending.pop(request, None)
+            self._ready.pop(request, None)
+            self._write_requests.discard(request)
+            if not (completed or refused) and self._endpoint is endpoint:
+                self.abort_endpoint()
+
     async def read(
         self,
         views: Sequence[U8Array],
@@ -144,19 +229,7 @@ class UcxxPeer:
         d = descriptors
         src_region, src_offset, dst_region, dst_offset, length = (
             d.src_region, d.src_offset, d.dst_region, d.dst_offset, d.length)
-        if self.broken is not None:
-            raise BrokenTransportError(f"peer {self._name!r} is unreachable: {self.broken}") from self.broken
-        if self._endpoint is None:
-            if self._aborted and self._own is not None:
-                # P's endpoint to us may still hold sends of the aborted read, queued ahead
-                # of anything new: a fresh hello makes P replace it (failing those sends).
-                await self.hello(*self._own)
-            self._aborted = False
-            address = self._ucxx.get_ucx_address_from_buffer(self._worker_address)
-            self._endpoint = await self._ucxx.create_endpoint_from_worker_address(
-                address, endpoint_error_handling=self._error_handling
-            )
-        endpoint = self._endpoint
+        endpoint = await self._ensure_endpoint()
         request = next(self._requests)
         tag = self._tag_base | (request & 0xFFFFFF)
         messages = schedule(length, zero_copy_bytes, pack_bytes)

@@ -1,4 +1,5 @@
-"""P side: serve one D's control connection, sending requested bytes over UCX tags.
+"""P side: serve one D's control connection, sending requested bytes over UCX tags
+(and, for a writer's WRITE frames, receiving into our regions: :mod:`._push`).
 
 Why P validates again: D checked the rows against our published table, but we never
 send memory we did not register, whatever a peer asks for — a bad row refuses the whole
@@ -8,7 +9,8 @@ request with ``DONE(ok=0)`` before any byte is sent.
 from __future__ import annotations
 
 import asyncio
-import struct
+import functools
+import logging
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,14 +22,16 @@ from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hybridxfer.errors import ProtocolError
-from hybridxfer.transport import Notification, bounds_problem
+from hybridxfer.transport import Notification, ReadAuthorizer, bounds_problem
 
+from hybridxfer_ucxx._push import DONE, serve_write
 from hybridxfer_ucxx._schedule import schedule
 from hybridxfer_ucxx._wire import FrameType, decode_read, read_frame, write_frame
 
 __all__ = ["DONE", "serve_connection"]
 
-DONE = struct.Struct("<QB")
+
+log = logging.getLogger("hybridxfer_ucxx.serve")
 
 
 async def serve_connection(
@@ -38,8 +42,14 @@ async def serve_connection(
     deliver: Callable[[Notification], None],
     zero_copy_bytes: int,
     pack_bytes: int,
+    authorize: ReadAuthorizer | None = None,
 ) -> None:
-    """Serve frames until the peer disconnects. Cancellation drops the connection."""
+    """Serve frames until the peer disconnects. Cancellation drops the connection.
+
+    ``authorize`` (grants): asked before any byte of a READ is sent, with the agent name
+    the peer declared in its HELLO — UCXX connections are not authenticated, so that
+    name is the peer's word (``docs/security.md``).
+    """
     receiver = BufferedByteReceiveStream(stream)
     lock = anyio.Lock()
     endpoint: Any = None
@@ -57,6 +67,11 @@ async def serve_connection(
         if problem is not None or endpoint is None:
             reason = problem or "READ before HELLO"
             await reply(FrameType.DONE, DONE.pack(request, 0) + reason.encode())
+            return
+        refused = authorize(agent, src_region, src_offset, length) if authorize is not None else None
+        if refused is not None:
+            log.warning("ucxx: refused READ %d from %s, no byte sent: %s", request, agent, refused)
+            await reply(FrameType.DONE, DONE.pack(request, 0) + refused.encode())
             return
         tag = tag_base | (request & 0xFFFFFF)
         sends = []
@@ -96,6 +111,9 @@ async def serve_connection(
                     )
                 elif kind is FrameType.READ:
                     tg.start_soon(serve_read, payload)
+                elif kind is FrameType.WRITE:  # push into our regions (see _push)
+                    tg.start_soon(functools.partial(serve_write, payload, endpoint=endpoint, tag_base=tag_base,
+                                                    regions=views(), reply=reply))
                 elif kind is FrameType.NOTIFY:
                     deliver(Notification(agent, payload))
                     await reply(FrameType.NOTIFY_ACK, b"")

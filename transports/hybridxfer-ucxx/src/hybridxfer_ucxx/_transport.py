@@ -1,5 +1,9 @@
 """``UcxxTransport``: two-sided UCXX tag messages behind the hybridxfer transport contract.
 
+Writes (push) run the other way round on the same connections: the writer sends a WRITE
+frame, the peer posts receives into its own regions and answers READY, the writer sends
+the bytes, the peer answers DONE (``_push``).
+
 The UCXX Python API has no RMA, so D asks and P sends: D posts tag receives straight
 into its destination memory, sends a READ frame over a small TCP control connection,
 and P sends the requested ranges over a worker-address UCX endpoint with error handling
@@ -37,6 +41,7 @@ from hybridxfer.errors import (
 )
 from hybridxfer.transport import (
     Descriptors,
+    GrantTable,
     MemoryRegion,
     Notification,
     PeerHandle,
@@ -64,7 +69,10 @@ class UcxxTransport:
     process down. ``False`` is the fast path (UCX may use shared memory and cma: ~10 GB/s
     measured against ~1 GB/s over tcp/lo), but UCX then *aborts the process* when a peer
     dies mid-transfer (observed in the conformance suite's kill test). Both ends of a
-    pair use the value the reading side chose.
+    pair use the value the reading side chose. ``require_grants``: serve a READ only
+    inside a live grant in :attr:`grants` (``grants``: that table, default a fresh one) of
+    the reader's declared agent name; a refusal raises
+    :class:`~hybridxfer.errors.GrantRefusedError` on the reader.
     """
 
     def __init__(
@@ -78,12 +86,18 @@ class UcxxTransport:
         read_timeout: float | None = 60.0,
         connect_timeout: float = 10.0,
         endpoint_error_handling: bool = True,
+        require_grants: bool = False,
+        grants: GrantTable | None = None,
     ) -> None:
         self._agent_name = name or f"hx-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._host, self._port = host, port
         self._zero_copy_bytes, self._pack_bytes = zero_copy_bytes, pack_bytes
         self._read_timeout, self._connect_timeout = read_timeout, connect_timeout
         self._error_handling = endpoint_error_handling
+        #: Request-scoped grants, checked before every READ when ``require_grants``; the
+        #: peer identity is the agent name its HELLO declares (not authenticated).
+        self.grants = grants if grants is not None else GrantTable()
+        self.require_grants = bool(require_grants)
         self._regions: list[MemoryRegion] = []
         self._views: list[npt.NDArray[np.uint8]] = []
         self._peers: list[UcxxPeer] = []
@@ -107,7 +121,8 @@ class UcxxTransport:
 
     @property
     def capabilities(self) -> TransportCapabilities:
-        return TransportCapabilities(memory_kinds=frozenset({"host"}), one_sided=False, notifications=True)
+        return TransportCapabilities(memory_kinds=frozenset({"host"}), one_sided=False, notifications=True,
+                                     writes=True)
 
     async def __aenter__(self) -> UcxxTransport:
         if sniffio.current_async_library() != "asyncio":
@@ -161,6 +176,7 @@ class UcxxTransport:
             deliver=self._deliver,
             zero_copy_bytes=self._zero_copy_bytes,
             pack_bytes=self._pack_bytes,
+            authorize=self.grants.authorize if self.require_grants else None,
         )
 
     def _deliver(self, note: Notification) -> None:
@@ -246,6 +262,30 @@ class UcxxTransport:
             await anyio.lowlevel.checkpoint()
             return
         await peer.read(
+            self._views,
+            batch,
+            zero_copy_bytes=self._zero_copy_bytes,
+            pack_bytes=self._pack_bytes,
+            timeout=self._read_timeout,
+        )
+
+    async def write(self, peer: PeerHandle, batch: Descriptors) -> None:
+        """Push every row of ``batch`` from our regions into ``peer``'s (two-sided: the
+        peer's serving loop receives into its regions and acknowledges; see ``_push``).
+
+        ``read_timeout`` bounds it too. On cancellation (or timeout) our endpoint to the
+        peer is aborted, as for a read: the peer's destination is undefined (possibly
+        partly written), and the next operation reconnects.
+        """
+        self._running()
+        if not isinstance(peer, UcxxPeer) or peer not in self._peers:
+            raise TransferError(f"peer {peer.name!r} was not connected through this transport")
+        check_bounds(batch, src_lengths=[r.length for r in self._regions], dst_lengths=peer.region_lengths,
+                     operation="write")
+        if not len(batch) or not batch.length.any():
+            await anyio.lowlevel.checkpoint()
+            return
+        await peer.write(
             self._views,
             batch,
             zero_copy_bytes=self._zero_copy_bytes,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 import struct
 
+import attrs
+
 import numpy as np
 import numpy.typing as npt
 from anyio.abc import ByteStream
@@ -19,10 +21,12 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hybridxfer.errors import ProtocolError
 
-__all__ = ["FrameType", "decode_read", "encode_read", "read_frame", "write_frame"]
+__all__ = ["FrameType", "WriteRequest", "decode_read", "decode_write", "encode_read", "encode_write", "read_frame",
+           "write_frame"]
 
 _HEAD = struct.Struct("<BI")
 _READ = struct.Struct("<QI")
+_WRITE = struct.Struct("<QIQQ")
 _MAX_FRAME = 1 << 30
 I64Array = npt.NDArray[np.int64]
 
@@ -33,6 +37,8 @@ class FrameType(enum.IntEnum):
     DONE = 3  # u64 request | u8 ok | reason
     NOTIFY = 4  # message bytes
     NOTIFY_ACK = 5
+    WRITE = 6  # u64 request | u32 rows | u64 zero_copy_bytes | u64 pack_bytes | dst_region, dst_offset, length
+    READY = 7  # u64 request: receives posted, send the bytes (then DONE, as for a READ)
 
 
 async def write_frame(stream: ByteStream, kind: FrameType, payload: bytes) -> None:
@@ -61,3 +67,31 @@ def decode_read(payload: bytes) -> tuple[int, I64Array, I64Array, I64Array]:
         raise ProtocolError("READ frame length does not match its row count")
     cols = np.frombuffer(payload, dtype="<i8", offset=_READ.size).astype(np.int64).reshape(3, rows)
     return request, cols[0], cols[1], cols[2]
+
+
+@attrs.frozen(eq=False)
+class WriteRequest:
+    """A peer's push into our regions, with the message schedule it will send by."""
+
+    request: int
+    dst_region: I64Array
+    dst_offset: I64Array
+    length: I64Array
+    zero_copy_bytes: int
+    pack_bytes: int
+
+
+def encode_write(request: int, dst_region: I64Array, dst_offset: I64Array, length: I64Array, *,
+                 zero_copy_bytes: int, pack_bytes: int) -> bytes:
+    cols = [np.ascontiguousarray(c, dtype="<i8").tobytes() for c in (dst_region, dst_offset, length)]
+    return _WRITE.pack(request, len(length), zero_copy_bytes, pack_bytes) + b"".join(cols)
+
+
+def decode_write(payload: bytes) -> WriteRequest:
+    if len(payload) < _WRITE.size:
+        raise ProtocolError("truncated WRITE frame")
+    request, rows, zero_copy, pack = _WRITE.unpack_from(payload)
+    if len(payload) != _WRITE.size + 24 * rows:
+        raise ProtocolError("WRITE frame length does not match its row count")
+    cols = np.frombuffer(payload, dtype="<i8", offset=_WRITE.size).astype(np.int64).reshape(3, rows)
+    return WriteRequest(request, cols[0], cols[1], cols[2], zero_copy, pack)
