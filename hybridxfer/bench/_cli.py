@@ -6,8 +6,10 @@ filters (``--transports``, ``--layouts``, ``--pairs``, ``--tokens``) to run a sl
 ``--json`` prints ``{"cases": [...], "planner": [...]}``; otherwise Markdown tables.
 ``--streaming`` runs the streaming benchmark instead (:mod:`hybridxfer.bench._streaming`):
 bulk vs pull/push layer streaming under a simulated prefill; its cases carry ``mode``,
-``tail_s``, ``ttd_s`` and ``ttd_speedup``. ``--memory cuda`` registers torch CUDA tensors
-(nixl/ucxx) and fails with a typed error where CUDA is absent.
+``tail_s``, ``ttd_s`` and ``ttd_speedup``. ``--memory cuda`` keeps P's and D's regions as
+torch CUDA tensors registered as they are (nixl; P rank r on device ``--cuda-device + r``, D
+on the next, modulo the device count) and fails with a typed error where CUDA is absent or a
+transport moves host memory only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import anyio
 import attrs
 
 from hybridxfer.bench._cuda import require_cuda
+from hybridxfer.bench._placement import HOST, Placement, cuda_placements, default_cuda_device
 from hybridxfer.bench._e2e import Group, run_group
 from hybridxfer.bench._prefill import DEFAULT_FLOPS
 from hybridxfer.bench._stream_report import stream_table
@@ -74,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="FLOP/s of the simulated prefill (default 400e12)")
     ap.add_argument("--layer-ms", type=float, help="simulated prefill: every model layer takes this long instead")
     ap.add_argument("--memory", choices=("cpu", "cuda"), default="cpu",
-                    help="where D and P keep their caches: numpy host memory or torch CUDA tensors (nixl/ucxx)")
+                    help="where D and P keep their caches: numpy host memory or torch CUDA tensors (nixl)")
+    ap.add_argument("--cuda-device", type=int,
+                    help="first CUDA device for --memory cuda (default: $LOCAL_RANK, else 0)")
     ap.add_argument("--svg", type=Path, help="write the throughput plot here")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     return ap
@@ -92,6 +97,20 @@ def _throwaway_tls(directory: str) -> dict[str, str]:
     return {"cert": str(config.cert), "key": str(config.key), "ca": str(config.ca)}
 
 
+def _placements(args: argparse.Namespace, src_tp: int) -> tuple[Placement, tuple[Placement, ...]]:
+    """Where D and each P rank keep their regions: host memory unless ``--memory cuda``."""
+    if args.cuda is None:
+        return HOST, ()
+    return cuda_placements(args.cuda[0], src_tp, args.cuda[1])
+
+
+def _memory_json(args: argparse.Namespace) -> dict[str, object]:
+    """``memory`` ("cpu" | "cuda"), and for cuda the first device and the device count."""
+    if args.cuda is None:
+        return {"memory": "cpu"}
+    return {"memory": "cuda", "cuda_device": args.cuda[0], "cuda_device_count": args.cuda[1]}
+
+
 def _layout_path(name: str) -> Path:
     path = Path(name)
     return path if path.suffix == ".toml" else _LAYOUT_DIR / f"{name}.toml"
@@ -102,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.memory == "cuda":
-            require_cuda(args.transports.split(","))
+            try:
+                base = default_cuda_device() if args.cuda_device is None else args.cuda_device
+            except ValueError as exc:
+                parser.error(f"--memory cuda: {exc}; pass --cuda-device N")
+            args.cuda = (base, require_cuda(args.transports.split(","), base))
+        else:
+            args.cuda = None
         if args.streaming:
             return _streaming(args, parser)
     except HybridXferError as exc:
@@ -145,15 +170,17 @@ def main(argv: list[str] | None = None) -> int:
                 options = (("tls", _throwaway_tls(tls_dir)),)
             for layout in layouts:
                 for src_tp in sorted({p for p, _ in pairs}):
+                    decode, prefill = _placements(args, src_tp)
                     group = Group(
                         transport=transport, layout_path=layout, src_tp=src_tp,
                         cases=tuple((d, t) for p, d in pairs if p == src_tp for t in tokens),
                         concurrent=(1, conc[0], conc[1]) if conc and src_tp == 1 and layout == layouts[0] else None,
-                        repeats=args.repeats, verify=args.verify, options=options)
+                        repeats=args.repeats, verify=args.verify, options=options,
+                        memory=decode, prefill_memory=prefill)
                     anyio.run(run_group, group, report if label == transport else _relabelled(report, label))
     if tls_dir:
         shutil.rmtree(tls_dir, ignore_errors=True)
-    doc = {"cases": [c.to_json() for c in cases], "planner": [p.to_json() for p in planner]}
+    doc = {"cases": [c.to_json() for c in cases], "planner": [p.to_json() for p in planner], **_memory_json(args)}
     if args.json:
         print(json.dumps(doc, indent=1))
     if args.out:
@@ -190,12 +217,15 @@ def _streaming(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             options = (("endpoint_error_handling", args.ucxx_error_handling == "on"),)
         for name in args.layouts.split(","):
             for src_tp in sorted({p for p, _ in pairs}):
+                decode, prefill = _placements(args, src_tp)
                 group = Group(transport=transport, layout_path=_layout_path(name), src_tp=src_tp,
                               cases=tuple((d, t) for p, d in pairs if p == src_tp for t in tokens),
-                              repeats=args.repeats, verify=args.verify, options=options)
+                              repeats=args.repeats, verify=args.verify, options=options,
+                              memory=decode, prefill_memory=prefill)
                 sg = StreamGroup(group=group, modes=modes, flops_per_s=args.flops, layer_ms=args.layer_ms)
                 anyio.run(run_stream_group, sg, report)
-    doc = {"cases": [r.to_json() for r in results], "flops_per_s": args.flops, "layer_ms": args.layer_ms}
+    doc = {"cases": [r.to_json() for r in results], "flops_per_s": args.flops, "layer_ms": args.layer_ms,
+           **_memory_json(args)}
     if args.json:
         print(json.dumps(doc, indent=1))
     if args.out:

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hybridxfer.bench import _raw
+from hybridxfer.bench._placement import HOST, Placement, Region
 from hybridxfer.bench._results import CaseResult, spread
 from hybridxfer.bench._vllm import VllmDescriptorBaseline, uncoalesced_reads
 from hybridxfer.execute import Agent, AgentInfo, Peer
@@ -54,6 +55,11 @@ class Group:
     repeats: int = 5
     verify: bool = False
     options: tuple[tuple[str, object], ...] = ()
+    memory: Placement = HOST  # where D keeps its regions
+    prefill_memory: tuple[Placement, ...] = ()  # each P rank's; empty: host memory
+
+    def prefill_placement(self, rank: int) -> Placement:
+        return self.prefill_memory[rank] if self.prefill_memory else HOST
 
 
 def duplicate_bytes(plan: TransferPlan) -> int:
@@ -77,6 +83,7 @@ class PeerProcess:
         self._buf = b""
         self.meta = b""
         self.bases: list[int] = []
+        self.devices: list[int] = []  # each region's device id (0: host memory)
         self.nixl_meta = ""
 
     async def line(self, prefix: str, timeout: float = 120.0) -> list[str]:
@@ -106,12 +113,15 @@ async def spawn_peers(group: Group, blocks: Sequence[int], tokens: int) -> Async
                     "--tp", str(group.src_tp), "--rank", str(rank), "--blocks", str(blocks[rank]),
                     "--tokens", str(tokens), "--transport", group.transport,
                     "--options", json.dumps(dict(group.options))] + (["--verify"] if group.verify else [])
+            device = group.prefill_placement(rank).device
+            argv += ["--device", device] if device is not None else []
             procs.append(PeerProcess(await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                         stderr=None)))
         for p in procs:
             p.meta = bytes.fromhex((await p.line("META "))[0])
             regions = json.loads((await p.line("REGIONS "))[0])
             p.bases = [int(v[0]) for v in regions.values()]
+            p.devices = [int(v[2]) for v in regions.values()]
         yield procs
     finally:
         with anyio.CancelScope(shield=True):
@@ -134,9 +144,10 @@ def _merge(plans: Sequence[TransferPlan]) -> list[Descriptors]:
 class _Ceiling:
     """The raw path of ``transport`` over given reads; set up once per case."""
 
-    def __init__(self, transport: str, procs: list[PeerProcess], memory: list[U8], tmp: Path,
-                 nixl: list[_raw.NixlInitiator], error_handling: bool) -> None:
+    def __init__(self, transport: str, procs: list[PeerProcess], memory: list[Region], tmp: Path,
+                 nixl: list[_raw.NixlInitiator], error_handling: bool, placement: Placement = HOST) -> None:
         self.transport, self.procs, self.memory, self.tmp = transport, procs, memory, tmp
+        self.placement = placement
         self._nixl, self._eh = nixl, error_handling
         self._sockets: list[tuple[socket.socket, list[memoryview]]] = []
         self._ucxx: Any = None  # the plugin's RawReceiver
@@ -157,17 +168,17 @@ class _Ceiling:
                 await proc.send(f"RAW socket {path}")
                 port = int((await proc.line("RAWREADY "))[0])
                 sock = socket.create_connection(("127.0.0.1", port))
-                self._sockets.append((sock, _raw.dst_views(rd, self.memory)))
+                self._sockets.append((sock, _raw.dst_views(rd, self.placement.host_views(self.memory))))
             elif self.transport == "nixl":
                 if not self._nixl:
-                    self._nixl.append(_raw.NixlInitiator(self.memory, f"raw-D-{time.monotonic_ns()}"))
+                    self._nixl.append(_raw.NixlInitiator(self.memory, f"raw-D-{time.monotonic_ns()}", self.placement))
                 if not proc.nixl_meta:
                     await proc.send("RAW nixl")
                     proc.nixl_meta = (await proc.line("RAWREADY "))[0]
-                self._nixl[0].prepare(proc.nixl_meta, proc.bases, rd)
+                self._nixl[0].prepare(proc.nixl_meta, proc.bases, rd, proc.devices)
             elif self.transport == "mooncake":
                 if self._reader is None:
-                    self._reader = _raw.raw_plugin("mooncake").RawMooncakeReader(self.memory)
+                    self._reader = _raw.raw_plugin("mooncake").RawMooncakeReader(self.placement.host_views(self.memory))
                 self._reader.prepare(AgentInfo.from_bytes(proc.meta).transport_metadata, rd)
             else:
                 if self._ucxx is None:
@@ -175,7 +186,7 @@ class _Ceiling:
                 address = self._ucxx.address
                 await proc.send(f"RAW ucxx {path} {address} {_TAG + rd.source_rank} {int(self._eh)}")
                 await proc.line("RAWREADY")
-                self._ucxx_views.append((rd.source_rank, _raw.dst_views(rd, self.memory)))
+                self._ucxx_views.append((rd.source_rank, _raw.dst_views(rd, self.placement.host_views(self.memory))))
 
     async def run_once(self) -> float:
         t0 = time.perf_counter()
@@ -207,7 +218,7 @@ class _Ceiling:
             await self.procs[rank].line("STOPPED")
 
 
-async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[PeerProcess], memory: list[U8],
+async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[PeerProcess], memory: list[Region],
                     dst: RankLayout, src_layouts: tuple[RankLayout, ...], dst_tp: int, tokens: int,
                     requests: int, per_request_blocks: tuple[int, int], tmp: Path,
                     nixl: list[_raw.NixlInitiator], verify: bool) -> CaseResult:
@@ -220,19 +231,19 @@ async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[P
     merged = _merge(plans)
     nbytes = sum(r.total_bytes for r in merged)
     eh = bool(dict(group.options).get("endpoint_error_handling", True))
-    ceiling = _Ceiling(group.transport, procs, memory, tmp, nixl, eh)
+    placement = group.memory
+    ceiling = _Ceiling(group.transport, procs, memory, tmp, nixl, eh, placement)
     await ceiling.setup(merged)
     vllm = None
     if group.transport == "nixl":  # vLLM's scheme: per-kernel-block rows, same bytes, raw NIXL
         vllm = VllmDescriptorBaseline(memory, uncoalesced_reads(src_layouts, dst, tables, tokens),
-                                      [(p.nixl_meta, p.bases) for p in procs])
+                                      [(p.nixl_meta, p.bases, p.devices) for p in procs], placement)
         if vllm.bytes != nbytes:
             raise RuntimeError(f"uncoalesced rows move {vllm.bytes} bytes, the plan {nbytes}")
-    scratch = np.ones(nbytes, dtype=np.uint8)
+    scratch = placement.scratch(nbytes)
     if verify:
         fresh = destination_memory(dst)
-        for name, m in zip(dst.region_names, memory, strict=True):
-            np.copyto(m, fresh[name])
+        placement.load(memory, [fresh[name] for name in dst.region_names])
     t: dict[str, list[float]] = {k: [] for k in ("raw", "memcpy", "hx", "compile", "bind", "prepare", "vllm")}
     try:
         for i in range(group.repeats + 1):
@@ -242,7 +253,7 @@ async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[P
                 if i:
                     t["vllm"].append(seconds)
             c0 = time.perf_counter()
-            _raw.memcpy_once(scratch, merged, memory)
+            placement.memcpy_once(scratch, merged, memory)  # device copies: synchronized inside
             c1 = time.perf_counter()
             compile_plan(src_layouts, dst, cache=False)
             c2 = time.perf_counter()
@@ -271,7 +282,7 @@ async def _one_case(group: Group, agent: Agent, peers: list[Peer], procs: list[P
     verified = False
     if verify:
         want = expected_destination(dst, tokens, template.chunk_tokens)
-        diff = mismatches(dict(zip(dst.region_names, memory, strict=True)), want)
+        diff = mismatches(dict(zip(dst.region_names, placement.to_host(memory), strict=True)), want)
         if diff:
             raise RuntimeError(f"{group.transport} P{group.src_tp}->D{dst_tp} {tokens} tokens: " + "; ".join(diff))
         verified = True
@@ -309,9 +320,7 @@ async def run_group(group: Group, report: Any = None) -> list[CaseResult]:
         async with spawn_peers(group, [blocks(group.src_tp, r) for r in range(group.src_tp)], tmax) as procs:
             for dst_tp in dst_tps:
                 dst = layout.for_rank(dst_tp, 0, num_blocks=blocks(dst_tp, 0))
-                memory = [np.zeros(size, dtype=np.uint8) for size in dst.region_sizes]
-                for m in memory:
-                    m.fill(0)
+                memory = group.memory.allocate(dst.region_sizes)  # zeroed: every page touched
                 nixl: list[_raw.NixlInitiator] = []
                 async with Agent("bench-d0", transport=group.transport, transport_options=dict(group.options),
                                  role="decode", rank=0, tp_size=dst_tp, layout=dst) as agent:

@@ -1,14 +1,17 @@
 """A P rank for the benchmark, in its own process: hybridxfer agent plus raw servers.
 
 Run as ``python -m hybridxfer.bench._peer --layout FILE --tp P --rank R --blocks N
---tokens T --transport NAME [--options JSON] [--verify]``. It allocates its regions once
-and serves them both through a hybridxfer ``Agent`` and, on request, through the raw API
-of the same transport — so the raw ceiling reads *the same buffers*. It prints
-``META <hex>`` and ``REGIONS <json>`` (name -> [address, size]), then obeys stdin lines:
+--tokens T --transport NAME [--options JSON] [--verify] [--device cuda:N]``. It allocates
+its regions once (host numpy arrays, or with ``--device`` torch tensors there; see
+:mod:`hybridxfer.bench._placement`) and serves them both through a hybridxfer ``Agent`` and,
+on request, through the raw API of the same transport — so the raw ceiling reads *the same
+buffers*. It prints ``META <hex>`` and ``REGIONS <json>`` (name -> [address, size, device
+id]), then obeys stdin lines:
 
 - ``RAW socket <descfile>``: serve one TCP connection; each ``G`` byte received sends
   the descriptor ranges with ``sendmsg`` (<= 1024 iovecs per call). Replies ``RAWREADY <port>``.
-- ``RAW nixl``: a second, raw NIXL agent registers the same arrays. ``RAWREADY <meta hex>``.
+- ``RAW nixl``: a second, raw NIXL agent registers the same arrays (``VRAM`` for tensors on a
+  CUDA device). ``RAWREADY <meta hex>``.
 - ``RAW ucxx <descfile> <worker address hex> <tag> <error handling 0|1>``: a worker-address
   endpoint to D; each ``GO`` line sends the ranges as tag messages. ``RAWREADY``.
 - ``PREFILL <request id> <tokens> <stepsfile> <mark 0|1>``: simulate a prefill (see
@@ -34,6 +37,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
+from hybridxfer.bench._placement import HOST, Placement, Region
 from hybridxfer.bench._raw import raw_plugin
 from hybridxfer.execute import Agent
 from hybridxfer.layout import load_layout
@@ -72,12 +76,11 @@ def _serve_socket(views: list[memoryview], listener: socket.socket, stop: thread
             _send_ranges(conn, views)
 
 
-def _nixl_target(memory: list[U8], stop: threading.Event) -> str:
+def _nixl_target(memory: list[Region], placement: Placement, stop: threading.Event) -> str:
     from nixl_cu12._api import nixl_agent, nixl_agent_config
 
     agent = nixl_agent(f"raw-P-{time.monotonic_ns()}", nixl_agent_config(enable_prog_thread=False))
-    rows = np.array([[m.ctypes.data, m.nbytes, 0] for m in memory], dtype=np.uint64)
-    agent.register_memory(rows, "DRAM")
+    agent.register_memory(placement.rows(memory), placement.nixl_memory)
 
     def progress() -> None:  # the initiator's cma READ needs no target work; wire-up does
         while not stop.is_set():
@@ -91,20 +94,21 @@ def _nixl_target(memory: list[U8], stop: threading.Event) -> str:
 async def _serve(args: argparse.Namespace) -> None:
     layout = load_layout(args.layout)
     rl = layout.for_rank(args.tp, args.rank, num_blocks=args.blocks)
+    placement = Placement(args.device) if args.device else HOST
     if args.verify:
         filled = source_memory(rl, args.tokens)
-        memory = [filled[n] for n in rl.region_names]
+        memory = placement.adopt([filled[n] for n in rl.region_names])
     else:
-        memory = [np.empty(size, dtype=np.uint8) for size in rl.region_sizes]
-        for i, m in enumerate(memory):
-            m.fill(args.rank * 16 + i + 1)  # touch every page before anything is timed
+        memory = placement.allocate(rl.region_sizes)
+        # touch every page before anything is timed
+        placement.fill(memory, [args.rank * 16 + i + 1 for i in range(len(memory))])
     async with Agent(f"bench-p{args.rank}", transport=args.transport, transport_options=json.loads(args.options),
                      role="prefill", rank=args.rank, tp_size=args.tp, layout=rl) as agent:
         for name, m in zip(rl.region_names, memory, strict=True):
             await agent.register(name, m)
         print("META", agent.metadata().hex(), flush=True)
-        print("REGIONS", json.dumps({n: [m.ctypes.data, m.nbytes] for n, m in zip(rl.region_names, memory,
-                                                                                    strict=True)}), flush=True)
+        rows = placement.rows(memory).tolist()
+        print("REGIONS", json.dumps(dict(zip(rl.region_names, rows, strict=True))), flush=True)
         async with anyio.create_task_group() as tg:
 
             async def drain() -> None:
@@ -112,7 +116,7 @@ async def _serve(args: argparse.Namespace) -> None:
                     pass
 
             tg.start_soon(drain)
-            await _commands(agent, memory)
+            await _commands(agent, memory, placement)
             tg.cancel_scope.cancel()
 
 
@@ -133,7 +137,7 @@ async def _prefill(agent: Agent, request_id: str, tokens: int, stepsfile: str, m
     print("PREFILLED", start, time.monotonic(), flush=True)
 
 
-async def _commands(agent: Agent, memory: list[U8]) -> None:
+async def _commands(agent: Agent, memory: list[Region], placement: Placement) -> None:
     stop = threading.Event()
     ucxx_views: list[memoryview] = []
     ucxx_sender: Any = None  # the plugin's RawSender
@@ -147,14 +151,14 @@ async def _commands(agent: Agent, memory: list[U8]) -> None:
         if cmd[:2] == ["RAW", "socket"]:
             stop = threading.Event()
             listener = socket.create_server(("127.0.0.1", 0))
-            threading.Thread(target=_serve_socket, args=(_ranges(memory, cmd[2]), listener, stop),
+            threading.Thread(target=_serve_socket, args=(_ranges(placement.host_views(memory), cmd[2]), listener, stop),
                              daemon=True).start()
             print("RAWREADY", listener.getsockname()[1], flush=True)
         elif cmd[:2] == ["RAW", "nixl"]:
             stop = threading.Event()
-            print("RAWREADY", _nixl_target(memory, stop), flush=True)
+            print("RAWREADY", _nixl_target(memory, placement, stop), flush=True)
         elif cmd[:2] == ["RAW", "ucxx"]:
-            ucxx_views = _ranges(memory, cmd[2])
+            ucxx_views = _ranges(placement.host_views(memory), cmd[2])
             tag = int(cmd[4])
             ucxx_sender = await raw_plugin("ucxx").RawSender.connect(cmd[3], error_handling=cmd[5] == "1")
             print("RAWREADY", flush=True)
@@ -180,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transport", default="tcp")
     parser.add_argument("--options", default="{}")
     parser.add_argument("--verify", action="store_true")
+    parser.add_argument("--device", help="keep the regions as torch tensors on this device (e.g. cuda:1)")
     args = parser.parse_args(argv)
     anyio.run(_serve, args)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hybridxfer.bench._placement import HOST, Placement
 from hybridxfer.descriptors import Descriptors
 
 __all__ = ["NixlInitiator", "dst_views", "memcpy_once", "raw_plugin", "socket_receive"]
@@ -37,11 +38,7 @@ def dst_views(reads: Descriptors, memory: Sequence[U8]) -> list[memoryview]:
 
 def memcpy_once(scratch: U8, reads: Sequence[Descriptors], memory: Sequence[U8]) -> None:
     """numpy copies of the same destination ranges from one contiguous source."""
-    pos = 0
-    for rd in reads:
-        for r, o, n in zip(rd.dst_region.tolist(), rd.dst_offset.tolist(), rd.length.tolist(), strict=True):
-            np.copyto(memory[r][o:o + n], scratch[pos:pos + n])
-            pos += n
+    HOST.memcpy_once(scratch, reads, memory)
 
 
 def socket_receive(sock: socket.socket, views: list[memoryview]) -> None:
@@ -68,32 +65,38 @@ def raw_plugin(transport: str) -> Any:
 class NixlInitiator:
     """A raw NIXL agent on D's arrays: one prepared READ per source rank, re-posted."""
 
-    def __init__(self, memory: Sequence[U8], name: str) -> None:
+    def __init__(self, memory: Sequence[Any], name: str, placement: Placement = HOST) -> None:
+        """``memory``: D's regions as ``placement`` holds them (numpy arrays; tensors: NIXL ``VRAM``)."""
         from nixl_cu12._api import nixl_agent, nixl_agent_config, nixl_thread_sync_t
 
         # one thread drives this agent, as in the plugin: no internal locking needed
         config = nixl_agent_config(enable_prog_thread=False, backends=["UCX"],
                                    sync_mode=nixl_thread_sync_t.NIXL_THREAD_SYNC_NONE)
         self._agent: Any = nixl_agent(name, config)
-        self._memory = memory
-        rows = np.array([[m.ctypes.data, m.nbytes, 0] for m in memory], dtype=np.uint64)
-        self._agent.register_memory(rows, "DRAM")
+        self._rows = placement.rows(memory)
+        self._mem = placement.nixl_memory
+        self._agent.register_memory(self._rows, self._mem)
         self._peers: dict[str, str] = {}
         self._handles: list[Any] = []
 
-    def prepare(self, meta_hex: str, src_bases: Sequence[int], reads: Descriptors) -> None:
+    def prepare(self, meta_hex: str, src_bases: Sequence[int], reads: Descriptors,
+                src_devices: Sequence[int] = ()) -> None:
+        """One READ of ``reads`` from the P agent ``meta_hex`` (its regions at ``src_bases``, on ``src_devices``)."""
         peer = self._peers.get(meta_hex)
         if peer is None:
             peer = self._agent.add_remote_agent(bytes.fromhex(meta_hex))
             self._peers[meta_hex] = peer
         n = len(reads)
-        zeros = np.zeros(n, dtype=np.int64)
         sbase = np.asarray(src_bases, dtype=np.int64)[reads.src_region]
-        dbase = np.array([m.ctypes.data for m in self._memory], dtype=np.int64)[reads.dst_region]
-        remote = np.stack([sbase + reads.src_offset, reads.length, zeros], 1).astype(np.uint64)
-        local = np.stack([dbase + reads.dst_offset, reads.length, zeros], 1).astype(np.uint64)
+        sdev = (np.asarray(src_devices, dtype=np.int64) if len(src_devices)
+                else np.zeros(len(src_bases), dtype=np.int64))[reads.src_region]
+        dbase = self._rows[:, 0].astype(np.int64)[reads.dst_region]
+        ddev = self._rows[:, 2].astype(np.int64)[reads.dst_region]
+        remote = np.stack([sbase + reads.src_offset, reads.length, sdev], 1).astype(np.uint64)
+        local = np.stack([dbase + reads.dst_offset, reads.length, ddev], 1).astype(np.uint64)
         self._handles.append(self._agent.initialize_xfer(
-            "READ", self._agent.get_xfer_descs(local, "DRAM"), self._agent.get_xfer_descs(remote, "DRAM"), peer))
+            "READ", self._agent.get_xfer_descs(local, self._mem), self._agent.get_xfer_descs(remote, self._mem),
+            peer))
 
     def read_all(self) -> None:
         """Post every prepared READ, then drive progress until all are DONE."""

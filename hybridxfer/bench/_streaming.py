@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
-import numpy as np
 
 from hybridxfer.bench._e2e import Group, PeerProcess, spawn_peers
+from hybridxfer.bench._placement import HOST, Placement, Region
 from hybridxfer.bench._prefill import DEFAULT_FLOPS, prefill_steps
 from hybridxfer.bench._results import spread
 from hybridxfer.bench._stream_results import StreamCaseResult, StreamMode
@@ -84,21 +84,22 @@ async def _one_round(mode: StreamMode, agent: Agent, peers: list[Peer], procs: S
     return end - start, done - end, done - start, done - h0
 
 
-def _reset(memory: list[np.ndarray], dst: RankLayout) -> None:
+def _reset(memory: list[Region], dst: RankLayout, placement: Placement = HOST) -> None:
     fresh = destination_memory(dst)
-    for name, m in zip(dst.region_names, memory, strict=True):
-        np.copyto(m, fresh[name])
+    placement.load(memory, [fresh[name] for name in dst.region_names])
 
 
-def check_destination(memory: list[np.ndarray], dst: RankLayout, tokens: int, chunk: int, what: str) -> None:
+def check_destination(memory: list[Region], dst: RankLayout, tokens: int, chunk: int, what: str,
+                      placement: Placement = HOST) -> None:
     """Every byte of D (untouched bytes included) against the oracle; RuntimeError naming the first mismatches."""
-    diff = mismatches(dict(zip(dst.region_names, memory, strict=True)), expected_destination(dst, tokens, chunk))
+    got = dict(zip(dst.region_names, placement.to_host(memory), strict=True))
+    diff = mismatches(got, expected_destination(dst, tokens, chunk))
     if diff:
         raise RuntimeError(f"{what}: " + "; ".join(diff))
 
 
 async def _case(sg: StreamGroup, layout: Layout, agent: Agent, peers: list[Peer], procs: Sequence[PeerProcess],
-                memory: list[np.ndarray], dst: RankLayout, dst_tp: int, tokens: int, tmp: Path,
+                memory: list[Region], dst: RankLayout, dst_tp: int, tokens: int, tmp: Path,
                 verify: bool) -> list[StreamCaseResult]:
     g = sg.group
     src_layouts = agent.source_layouts(peers)
@@ -117,11 +118,11 @@ async def _case(sg: StreamGroup, layout: Layout, agent: Agent, peers: list[Peer]
         for mode in sg.modes:
             check = verify and i == g.repeats
             if check:
-                _reset(memory, dst)
+                _reset(memory, dst, g.memory)
             got = await _one_round(mode, agent, peers, procs, src_layouts, dst, tokens, stepsfile)
             if check:
                 check_destination(memory, dst, tokens, template.chunk_tokens,
-                       f"{g.transport} {mode} P{g.src_tp}->D{dst_tp} {tokens} tokens")
+                                  f"{g.transport} {mode} P{g.src_tp}->D{dst_tp} {tokens} tokens", g.memory)
                 verified[mode] = True
             if i:
                 times[mode].append(got)
@@ -147,7 +148,7 @@ async def run_stream_group(sg: StreamGroup,
         async with spawn_peers(g, [blocks_for(layout, g.src_tp, tmax, rank=r) for r in range(g.src_tp)], tmax) as procs:
             for dst_tp in sorted({d for d, _ in g.cases}):
                 dst = layout.for_rank(dst_tp, 0, num_blocks=blocks_for(layout, dst_tp, tmax))
-                memory = [np.zeros(size, dtype=np.uint8) for size in dst.region_sizes]
+                memory = g.memory.allocate(dst.region_sizes)
                 async with Agent("bench-stream-d0", transport=g.transport, transport_options=dict(g.options),
                                  role="decode", rank=0, tp_size=dst_tp, layout=dst) as agent:
                     for name, m in zip(dst.region_names, memory, strict=True):

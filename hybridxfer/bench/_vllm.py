@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from hybridxfer.bench._placement import HOST, Placement
 from hybridxfer.bench._raw import NixlInitiator
 from hybridxfer.descriptors import Descriptors
 from hybridxfer.layout import RankLayout
@@ -41,14 +42,14 @@ class VllmDescriptorBaseline:
     """A raw NIXL agent on D's arrays posting the uncoalesced rows (one prepared READ per P rank)."""
 
     def __init__(self, memory: Sequence[U8], reads: Sequence[Descriptors],
-                 peers: Sequence[tuple[str, Sequence[int]]]) -> None:
-        """``peers[rank]`` = (the P rank's raw NIXL metadata hex, its region base addresses)."""
+                 peers: Sequence[tuple[str, Sequence[int], Sequence[int]]], placement: Placement = HOST) -> None:
+        """``peers[rank]`` = (the P rank's raw NIXL metadata hex, its region base addresses, their devices)."""
         self.descriptor_count = sum(len(rd) for rd in reads)
         self.bytes = sum(rd.total_bytes for rd in reads)
-        self._initiator = NixlInitiator(memory, f"vllm-D-{time.monotonic_ns()}")
+        self._initiator = NixlInitiator(memory, f"vllm-D-{time.monotonic_ns()}", placement)
         for rd in reads:
-            meta, bases = peers[rd.source_rank]
-            self._initiator.prepare(meta, bases, rd)
+            meta, bases, devices = peers[rd.source_rank]
+            self._initiator.prepare(meta, bases, rd, devices)
 
     def run_once(self) -> float:
         """One READ of every row (blocking; call from a worker thread); seconds taken."""

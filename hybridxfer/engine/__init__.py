@@ -16,7 +16,7 @@ from hybridxfer.engine._caches import CacheMemory, cache_nbytes
 from hybridxfer.engine._decode import DecodeConnector, DecodeStatistics, MetadataSource, PullResult
 from hybridxfer.engine._failures import FailedRequest, FailurePolicy, FailureReason, RequestFailed
 from hybridxfer.engine._prefill import FinishedRequest, PrefillConnector, PrefillStatistics, decode_consumers
-from hybridxfer.engine._stream import StreamedPull
+from hybridxfer.engine._stream import STREAM_THRESHOLD_TOKENS, StreamedPull
 
 __all__ = [
     "CacheMemory",
@@ -31,6 +31,7 @@ __all__ = [
     "PrefillStatistics",
     "PullResult",
     "RequestFailed",
+    "STREAM_THRESHOLD_TOKENS",
     "StreamedPull",
     "cache_nbytes",
     "decode_consumers",

@@ -31,7 +31,7 @@ from hybridxfer.engine._caches import check_caches
 from hybridxfer.engine._failures import FailedRequest, FailurePolicy, FailureReason, RequestFailed
 from hybridxfer.engine._intact import intact_tokens
 from hybridxfer.engine._pull_result import PullResult
-from hybridxfer.engine._stream import StreamedPull, start_streamed_pull
+from hybridxfer.engine._stream import STREAM_THRESHOLD_TOKENS, StreamedPull, StreamMode, start_streamed_pull
 from hybridxfer.errors import (
     InvalidArgumentError,
     BlockIdError,
@@ -97,10 +97,17 @@ class DecodeConnector:
         transport_options: Mapping[str, object] | None = None,
         default_timeout: float | None = 60.0,
         coalesce: bool = True,
+        stream_threshold_tokens: int = STREAM_THRESHOLD_TOKENS,
     ) -> None:
+        if isinstance(stream_threshold_tokens, bool) or not isinstance(stream_threshold_tokens, int) \
+                or stream_threshold_tokens < 0:
+            raise InvalidArgumentError(f"stream_threshold_tokens must be an integer >= 0, "
+                                       f"got {stream_threshold_tokens!r}")
         self.layout = layout
         self.name = name
         self.default_timeout = default_timeout
+        #: ``pull_streamed(mode="auto")`` streams from this many prompt tokens per P TP rank.
+        self.stream_threshold_tokens = stream_threshold_tokens
         self._coalesce = coalesce
         self._agent = Agent(name, transport=transport, transport_options=transport_options, role="decode",
                             rank=layout.rank, tp_size=layout.tp, layout=layout)
@@ -264,19 +271,27 @@ class DecodeConnector:
                           executable.plan.source_ranks, result.notified_ranks, executable.plan)
 
     def pull_streamed(self, request_id: str, *, engine: str, src_blocks: BlockTable, dst_blocks: BlockTable,
-                      num_tokens: int | None = None, timeout: float | None = None, mode: str = "pull",
+                      num_tokens: int | None = None, timeout: float | None = None, mode: StreamMode = "auto",
                       on_failure: FailurePolicy = "fail", group_layers: int = 1,
-                      dst_cached_tokens: int | Mapping[str, int] | None = None) -> StreamedPull:
+                      dst_cached_tokens: int | Mapping[str, int] | None = None,
+                      writers: Mapping[int, str] | None = None) -> StreamedPull:
         """Start moving one request layer by layer while P computes it; returns at once.
 
-        ``mode``: ``pull`` (this rank reads each layer group P reports ready) or ``push``
-        (P writes them; the transport must write). ``group_layers`` layers move as one
-        step. Arguments and failures as :meth:`pull`; ``timeout`` bounds the whole stream.
-        Raises :class:`RequestFailed` (reason ``plan``) at once for what cannot start.
+        ``mode``: ``pull`` (this rank reads each layer group P reports ready), ``push``
+        (P writes them; the transport must write), or ``auto`` (default): ``pull`` when the
+        prompt holds at least :attr:`stream_threshold_tokens` tokens per P TP rank, else
+        *bulk* — every layer read at once after P reported the whole prompt final. The
+        handle's waits work the same whichever was chosen (``.mode`` says which).
+        ``group_layers`` layers move as one step. ``writers`` (push, D transport with
+        grants): P rank -> the identity it writes as, where that is not its agent name
+        (its certificate's subject under TLS); each is granted exactly its rows' D bytes
+        while the stream runs. Arguments and failures as :meth:`pull`; ``timeout`` bounds
+        the whole stream. Raises :class:`RequestFailed` (reason ``plan``) at once for what
+        cannot start.
         """
         return start_streamed_pull(self, request_id, engine=engine, src_blocks=src_blocks, dst_blocks=dst_blocks,
                                    num_tokens=num_tokens, timeout=timeout, mode=mode, on_failure=on_failure,
-                                   group_layers=group_layers, dst_cached_tokens=dst_cached_tokens)
+                                   group_layers=group_layers, dst_cached_tokens=dst_cached_tokens, writers=writers)
 
     def _stream_succeeded(self, request_id: str, engine: str, stream: StreamedTransfer,
                           result: TransferResult) -> PullResult:

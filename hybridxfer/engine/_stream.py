@@ -8,6 +8,14 @@ any failure — also one nobody is waiting for at the moment — is recorded onc
 :meth:`DecodeConnector.failed_requests` and raised as :class:`RequestFailed` from every
 wait. Its ``invalid_blocks`` are exactly the blocks holding a byte that did not land; the
 layers that did land are in the cause (:class:`~hybridxfer.errors.StreamedTransferError`).
+
+Why ``mode="auto"`` (the default): streaming pays only when the prefill lasts long enough
+to hide the transfer behind it; for a short prompt each P rank's subscription and
+per-layer readiness cost more than they save. ``auto`` streams (pull) when the prompt
+holds at least :data:`STREAM_THRESHOLD_TOKENS` tokens per P TP rank, and otherwise
+moves the request in bulk once P reports the whole prompt final — behind the same
+handle, so the engine's loop does not depend on the choice (:attr:`StreamedPull.mode`
+says which was made).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from hybridxfer.engine._failures import FailedRequest, FailurePolicy, FailureReason, RequestFailed
 from hybridxfer.engine._intact import intact_tokens
@@ -30,18 +38,34 @@ from hybridxfer.errors import (
 from hybridxfer.engine._pull_result import PullResult
 from hybridxfer.execute import Agent, Peer, StreamedTransfer, TransferResult
 from hybridxfer.layout import RankLayout
+from hybridxfer.plan import compile_plan, stream_schedule
 
-__all__ = ["StreamBooks", "StreamedPull", "start_streamed_pull"]
+__all__ = ["STREAM_THRESHOLD_TOKENS", "StreamBooks", "StreamMode", "StreamedPull", "start_streamed_pull", "streams"]
 
 log = logging.getLogger("hybridxfer.engine")
 
 BlockTable = Mapping[str, Sequence[int]]
+
+#: What a streamed pull asks for: ``auto`` chooses ``pull`` or ``bulk`` by prompt length.
+StreamMode = Literal["auto", "pull", "push"]
+
+#: ``mode="auto"`` streams when ``num_tokens / P TP >= STREAM_THRESHOLD_TOKENS``, else bulk.
+#: Measured with ``hybridxfer bench --streaming`` (simulated prefill at 400 TFLOP/s per P
+#: rank, P TP ranks splitting it; Nemotron-3-Nano and Qwen3-Next over tcp and nixl on a
+#: loaded 2-core machine), as bulk's time to decode over pull-stream's (above 1: streaming
+#: wins): P1->D1 at 4,096 tokens 1.24-1.55; P4->D2 at 16,384 tokens 0.99-1.52 and at
+#: 32,768 1.20-1.36 — it pays from about 4,096 tokens per P rank (a prefill of ~60 ms).
+#: Below ~40 ms it loses (P4->D2 at 512-4,096 tokens 0.23-0.64, at 8,192 0.65-0.94): each
+#: P rank's subscription and per-layer readiness cost about a millisecond per request.
+#: A connector's ``stream_threshold_tokens`` overrides it.
+STREAM_THRESHOLD_TOKENS = 4096
 
 
 class StreamBooks(Protocol):
     """What a streamed pull needs of its decode connector: its agent, engines and books."""
 
     default_timeout: float | None
+    stream_threshold_tokens: int
     _coalesce: bool
     _engines: dict[str, dict[int, Peer]]
     _succeeded: collections.OrderedDict[str, None]
@@ -66,6 +90,10 @@ class StreamedPull:
                  policy: FailurePolicy, dst_blocks: BlockTable) -> None:
         self.request_id = stream.request_id
         self.engine = engine
+        #: How the request moves: ``pull`` / ``push`` layer by layer, or ``bulk`` — every
+        #: layer at once after P reported the whole prompt final (``mode="auto"`` on a
+        #: short prompt). The waits work the same in every mode.
+        self.mode: Literal["bulk", "pull", "push"] = "bulk" if stream.bulk else stream.mode
         self.stream = stream
         self._c = connector
         self._policy = policy
@@ -128,9 +156,10 @@ class StreamedPull:
 
 
 def start_streamed_pull(connector: StreamBooks, request_id: str, *, engine: str, src_blocks: BlockTable,
-                        dst_blocks: BlockTable, num_tokens: int | None, timeout: float | None, mode: str,
+                        dst_blocks: BlockTable, num_tokens: int | None, timeout: float | None, mode: StreamMode,
                         on_failure: FailurePolicy, group_layers: int,
-                        dst_cached_tokens: int | Mapping[str, int] | None) -> StreamedPull:
+                        dst_cached_tokens: int | Mapping[str, int] | None,
+                        writers: Mapping[int, str] | None = None) -> StreamedPull:
     """Plan and start one streamed pull (see :meth:`DecodeConnector.pull_streamed`)."""
     c = connector
     if request_id in c._succeeded:
@@ -138,8 +167,8 @@ def start_streamed_pull(connector: StreamBooks, request_id: str, *, engine: str,
                             "(P may have freed its own)", request_id=request_id)
     if on_failure not in ("fail", "recompute"):
         raise InvalidArgumentError(f"on_failure must be 'fail' or 'recompute', not {on_failure!r}")
-    if mode not in ("pull", "push"):
-        raise InvalidArgumentError(f"mode must be 'pull' or 'push', not {mode!r}")
+    if mode not in ("auto", "pull", "push"):
+        raise InvalidArgumentError(f"mode must be 'auto', 'pull' or 'push', not {mode!r}")
     invalid = {g: tuple(int(b) for b in ids) for g, ids in dst_blocks.items()}
 
     def refuse(message: str) -> RequestFailed:
@@ -153,13 +182,28 @@ def start_streamed_pull(connector: StreamBooks, request_id: str, *, engine: str,
         raise refuse(f"not connected to engine {engine!r} (connected: {', '.join(c._engines) or 'none'})")
     budget = c.default_timeout if timeout is None else timeout
     try:
-        stream = c.agent.plan_stream(peers, request_id=request_id, src_blocks=src_blocks, dst_blocks=dst_blocks,
-                                     num_tokens=num_tokens, dst_cached_tokens=dst_cached_tokens,
-                                     group_layers=group_layers, mode="push" if mode == "push" else "pull",
-                                     timeout=budget, coalesce=c._coalesce)
+        template = compile_plan(c.agent.source_layouts(peers), c.layout, coalesce=c._coalesce)
+        schedule = stream_schedule(template, src_blocks, dst_blocks, num_tokens=num_tokens,
+                                   dst_cached_tokens=dst_cached_tokens, group_layers=group_layers)
+        src_tp = max(peer.info.tp_size for peer in peers.values())
+        bulk = mode == "auto" and not streams(schedule.num_tokens, src_tp, c.stream_threshold_tokens)
+        if bulk:  # one group: every layer lands at once, and the reads are the bulk plan's rows
+            group_layers = max(1, len(c.layout.layout.layers))
+            schedule = stream_schedule(template, src_blocks, dst_blocks, num_tokens=num_tokens,
+                                       dst_cached_tokens=dst_cached_tokens, group_layers=group_layers)
+        stream = c.agent.prepare_stream(schedule, peers, request_id=request_id,
+                                        mode="push" if mode == "push" else "pull", timeout=budget,
+                                        src_blocks=src_blocks, dst_cached_tokens=dst_cached_tokens,
+                                        group_layers=group_layers, coalesce=c._coalesce, bulk=bulk, writers=writers)
     except (BlockIdError, IncompatibleLayoutsError, ConnectError, TransferError, InvalidArgumentError) as exc:
         raise refuse(str(exc)) from exc
     c._in_flight.add(request_id)
     pull = StreamedPull(c, stream, engine=engine, policy=on_failure, dst_blocks=dst_blocks)
     stream.add_done_callback(pull._ended)
     return pull
+
+
+def streams(num_tokens: int, src_tp: int, threshold: int) -> bool:
+    """``mode="auto"``'s choice: stream a prompt of ``num_tokens`` from a P engine of
+    ``src_tp`` TP ranks when each rank computes at least ``threshold`` of its tokens."""
+    return num_tokens >= threshold * max(1, src_tp)

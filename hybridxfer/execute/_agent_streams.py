@@ -51,7 +51,8 @@ class StreamingMixin:
                     src_blocks: Mapping[str, Sequence[int]], dst_blocks: Mapping[str, Sequence[int]],
                     num_tokens: int | None = None, dst_cached_tokens: int | Mapping[str, int] | None = None,
                     group_layers: int = 1, mode: StreamMode = "pull", timeout: float | None = None,
-                    coalesce: bool = True) -> StreamedTransfer:
+                    coalesce: bool = True, bulk: bool = False,
+                    writers: Mapping[int, str] | None = None) -> StreamedTransfer:
         """Plan one request as a stream of layer groups (:func:`hybridxfer.plan.stream_schedule`)
         and start it: :meth:`prepare_stream` with the schedule built here."""
         agent = cast("_Agent", self)
@@ -63,19 +64,28 @@ class StreamingMixin:
                                    dst_cached_tokens=dst_cached_tokens, group_layers=group_layers)
         return self.prepare_stream(schedule, peers, request_id=request_id, mode=mode, timeout=timeout,
                                    src_blocks=src_blocks, dst_cached_tokens=dst_cached_tokens,
-                                   group_layers=group_layers, coalesce=coalesce)
+                                   group_layers=group_layers, coalesce=coalesce, bulk=bulk, writers=writers)
 
     def prepare_stream(self, schedule: StreamSchedule, peers: Mapping[int, Peer] | Sequence[Peer], *,
                        request_id: str, mode: StreamMode = "pull", timeout: float | None = None,
                        src_blocks: Mapping[str, Sequence[int]] | None = None,
                        dst_cached_tokens: int | Mapping[str, int] | None = None, group_layers: int = 1,
-                       coalesce: bool = True) -> StreamedTransfer:
+                       coalesce: bool = True, bulk: bool = False,
+                       writers: Mapping[int, str] | None = None) -> StreamedTransfer:
         """Start streaming ``schedule`` from its source P ranks; returns at once.
 
         ``pull``: this rank reads each layer group as P reports it ready; ``push``: P
         writes them (the transport must write; ``src_blocks``, ``dst_cached_tokens``,
         ``group_layers`` and ``coalesce`` must be those the schedule was built with, P
-        rebuilds it from them). ``timeout`` bounds the whole stream. See
+        rebuilds it from them). ``timeout`` bounds the whole stream.
+
+        ``bulk`` (pull only): read nothing until a source rank reported every layer final for
+        the whole prompt, then all its rows at once — bulk's timing behind this handle (with
+        one group, ``group_layers`` >= the layer count, those reads are the bulk plan's rows).
+        Push on a transport that keeps grants: each source rank is granted writes into exactly
+        the D bytes of its rows while the stream runs (withdrawn as it ends, however it ends);
+        ``writers`` maps a P rank to the identity its transport authenticates as where that is
+        not its agent name (its certificate's subject under TLS). See
         :class:`StreamedTransfer` for waiting, failures and cancellation. Raises
         :class:`InvalidArgumentError` for what cannot stream (a pipelined P, a push
         subscription too large for a notification), before anything is sent.
@@ -84,7 +94,8 @@ class StreamingMixin:
         agent._check_open()
         return start_stream(agent, schedule, peers, request_id=request_id, mode=mode, timeout=timeout,
                             src_blocks=src_blocks, dst_cached_tokens=dst_cached_tokens,
-                            group_layers=group_layers, coalesce=coalesce, register=self._start_stream)
+                            group_layers=group_layers, coalesce=coalesce, register=self._start_stream, bulk=bulk,
+                            writers=writers)
 
     def _start_stream(self, stream: StreamedTransfer) -> None:
         cast("_Agent", self)._streams[stream.stream_id] = stream

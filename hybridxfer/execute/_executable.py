@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from hybridxfer.descriptors import Descriptors
 from hybridxfer.errors import ConnectError, IncompatibleLayoutsError, TransferError, TransferTimeout
-from hybridxfer.execute._info import ControlMessage, encode_control
+from hybridxfer.execute._done import NOTIFY_TIMEOUT, notify_done
 from hybridxfer.execute._stats import StatisticsRecorder
 from hybridxfer.plan import TransferPlan
 from hybridxfer.transport import PeerHandle, Transport
@@ -35,9 +35,6 @@ from hybridxfer.transport import PeerHandle, Transport
 __all__ = ["ExecutablePlan", "TransferResult"]
 
 log = logging.getLogger("hybridxfer.execute")
-
-#: How long notifying P may take after the bytes landed (they are valid regardless).
-NOTIFY_TIMEOUT = 10.0
 
 
 class _State(enum.Enum):
@@ -165,33 +162,11 @@ class ExecutablePlan:
         pending.discard(rank)
 
     async def _notify_all(self, seconds: float) -> tuple[int, ...]:
-        """Tell each P rank the request is done. Failures are logged, never raised: the
-        bytes are valid; P's own ``wait_request_done`` timeout covers a lost notification.
+        """Tell each P rank the request is done (:func:`notify_done`: logged, never raised).
         Cancellation: some ranks may have been notified, others not."""
-        served = self.plan.statistics.bytes_by_source
         notified: list[int] = []
-
-        async def one(rank: int, peer: PeerHandle) -> None:
-            message = encode_control(ControlMessage("done", self.request_id, self.plan.dst_rank,
-                                                    bytes=served.get(rank, 0), seconds=seconds))
-            try:
-                await self._transport.notify(peer, message)
-            except Exception as exc:
-                self._stats.counts["notification_failures"] += 1
-                log.warning("request %s: could not notify source rank %d (%s): %s",
-                            self.request_id, rank, peer.name, exc)
-                return
-            self._stats.counts["notifications_sent"] += 1
-            notified.append(rank)
-
-        with anyio.move_on_after(NOTIFY_TIMEOUT) as scope:
-            async with anyio.create_task_group() as tg:
-                for rank, peer in sorted(self._notify_peers.items()):
-                    tg.start_soon(one, rank, peer)
-        if scope.cancelled_caught:
-            missing = sorted(set(self._notify_peers) - set(notified))
-            self._stats.counts["notification_failures"] += len(missing)
-            log.warning("request %s: notifying ranks %s timed out", self.request_id, missing)
+        await notify_done(self._transport, self.plan, self.request_id, self._notify_peers, seconds, self._stats,
+                          notified)
         return tuple(sorted(notified))
 
 

@@ -1,9 +1,13 @@
-"""P side: turn "request R may be read by peer X" into byte ranges in the transport's grant table.
+"""Turn "request R may be read (or written) by peer X" into byte ranges in the transport's grant table.
 
 Why in the agent and not the engine: an engine knows block tables, not byte offsets or
 registration order. The agent has both — its :class:`~hybridxfer.layout.RankLayout`
 gives the request's bytes (:func:`hybridxfer.plan.request_ranges`) by region name, and
 its registration order gives the region index a READ names.
+
+A push stream on D grants each writing P rank exactly the destination bytes of *its* rows
+of the plan (:func:`grant_writes`), not the whole blocks: two P ranks that fill different
+slices of one D block may each write only their own.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from collections.abc import Mapping, Sequence
 import attrs
 import numpy as np
 
+from hybridxfer.descriptors import Descriptors
 from hybridxfer.errors import InvalidArgumentError, RegistrationError
 from hybridxfer.layout import RankLayout
 from hybridxfer.plan import request_ranges
 from hybridxfer.transport import Access, ByteRanges, Grant, Transport, grant_table
 
-__all__ = ["RequestGrant", "grant_request", "revoke_request"]
+__all__ = ["RequestGrant", "grant_request", "grant_writes", "revoke_request"]
 
 log = logging.getLogger("hybridxfer.execute")
 
@@ -60,6 +65,20 @@ def grant_request(transport: Transport, layout: object, registered: Sequence[str
     log.info("granted %s to %s%s: %d bytes in %d ranges%s%s", request_id, peer,
              "" if access == "read" else " (write)", ranges.total_bytes, len(ranges),
              f", lease {lease:g} s" if lease is not None else "", "" if required else " (not enforced)")
+    return RequestGrant(request_id, peer, ranges.total_bytes, required, grant)
+
+
+def grant_writes(transport: Transport, request_id: str, peer: str, rows: Descriptors,
+                 lease: float | None) -> RequestGrant:
+    """Let ``peer`` write the destination side of ``rows`` (our regions in registration
+    order, as a WRITE names them) for ``request_id`` — and nothing else."""
+    ranges = ByteRanges(rows.dst_region, rows.dst_offset, rows.length).merged()
+    table, required = grant_table(transport)
+    if table is None:
+        return RequestGrant(request_id, peer, ranges.total_bytes, False)
+    grant = table.grant(request_id, peer, ranges, lease=lease, access="write")
+    log.debug("granted %s to %s (write): %d bytes in %d ranges%s", request_id, peer, ranges.total_bytes,
+              len(ranges), "" if required else " (not enforced)")
     return RequestGrant(request_id, peer, ranges.total_bytes, required, grant)
 
 

@@ -11,7 +11,12 @@ keeps the books:
   from that rank, while further readiness arrives.
 * **push** — the subscription also carries what P needs to rebuild D's schedule; P writes
   its rows into D's memory as its layers finish and then says which readiness it served;
-  D never reads.
+  D never reads. Where D's transport keeps grants, each writing P rank is granted write
+  access to exactly the D bytes of its own rows, for as long as the stream runs: the grant
+  is withdrawn the moment the stream succeeds, fails or is cancelled.
+* **bulk** (pull with ``bulk=True``) — D reads nothing until a source rank has reported
+  every layer final for the whole prompt, then all of that rank's rows at once: bulk's
+  timing behind the stream's handle, for prompts too short for streaming to pay.
 
 Each source rank is followed with its own copy of the schedule, advanced only by that
 rank's readiness and keeping only that rank's rows, so a fast rank never lets D read a
@@ -38,8 +43,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from hybridxfer.descriptors import Descriptors
 from hybridxfer.errors import InvalidArgumentError, StreamedTransferError, TransferTimeout
+from hybridxfer.execute._done import NOTIFY_TIMEOUT, notify_done
 from hybridxfer.execute._executable import TransferResult
-from hybridxfer.execute._info import ControlMessage, encode_control
+from hybridxfer.execute._grants import grant_writes, revoke_request
 from hybridxfer.execute._landed import LandedBytes, LandedTransport
 from hybridxfer.execute._stats import StatisticsRecorder
 from hybridxfer.execute._stream_blocks import unlanded_blocks
@@ -52,8 +58,6 @@ __all__ = ["StreamedTransfer"]
 
 log = logging.getLogger("hybridxfer.execute")
 
-#: How long telling a P rank (subscribe, unsubscribe, done) may take.
-NOTIFY_TIMEOUT = 10.0
 
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
@@ -89,10 +93,13 @@ class StreamedTransfer:
                  transport: Transport, peers: Mapping[int, PeerHandle], local_regions: tuple[str, ...],
                  layout: RankLayout, stats: StatisticsRecorder, on_success: Callable[[str], None],
                  on_end: Callable[[StreamedTransfer], None], deadline: float,
-                 subscription: StreamMessage, spawn: Spawn) -> None:
+                 subscription: StreamMessage, spawn: Spawn, bulk: bool = False,
+                 writers: Mapping[int, str] | None = None, lease: float | None = None) -> None:
         plan = schedule.plan
         self.schedule, self.plan = schedule, plan
         self.request_id, self.stream_id, self.mode = request_id, stream_id, mode
+        #: Pull with nothing read before a source rank reported the whole prompt final.
+        self.bulk = bulk
         self._transport = transport
         self._layout = layout
         self._stats, self._on_success, self._on_end, self._spawn = stats, on_success, on_end, spawn
@@ -129,6 +136,9 @@ class StreamedTransfer:
         self._ended = False
         self._all_landed = False
         self._callbacks: list[Callable[[StreamedTransfer], None]] = []
+        self._granted: list[str] = []  # peers granted writes (push), withdrawn as the stream ends
+        if mode == "push":
+            self._grant_writes(writers or {}, lease)
 
     # -- what the engine sees -------------------------------------------------------------
     @property
@@ -255,6 +265,7 @@ class StreamedTransfer:
         finally:
             if self._error is None and self._result is None:  # the agent is closing
                 self._fail("the agent closed", None)
+            self._revoke_writes()
             for source in self._sources.values():
                 source.inbox.close()
                 source.outbox.close()
@@ -292,6 +303,7 @@ class StreamedTransfer:
                     break
             rows: list[Descriptors] = []
             completed: list[str] = []
+            released = False
             for msg in batch:
                 if msg.kind == "abort":
                     raise _SourceFailed(f"P rank {source.rank} aborted the stream: {msg.reason}")
@@ -302,9 +314,17 @@ class StreamedTransfer:
                 news = frozenset(n for n in msg.layers if source.seen.get(n, -1) < tokens)
                 if news:
                     source.seen.update(dict.fromkeys(news, tokens))
+                    if self.bulk:
+                        continue  # nothing moves before the whole prompt is final
                     step = source.schedule.advance_step(Readiness(news, tokens))
                     rows.append(self._mine(source, step.rows))
                     completed.extend(step.completed)
+            total = self.schedule.num_tokens
+            if self.bulk and all(source.seen.get(layer, -1) >= total for layer in self._layer_groups):
+                step = source.schedule.advance_step(Readiness(frozenset(self._layer_groups), total))
+                rows.append(self._mine(source, step.rows))
+                completed.extend(step.completed)
+                released = True
             moved = Descriptors.concat(rows) if rows else Descriptors.empty()
             if len(moved):
                 if self.mode == "pull":
@@ -317,7 +337,7 @@ class StreamedTransfer:
                 else:
                     self._landed.add(moved)  # P wrote these before it said so
             for msg in batch:
-                if msg.kind in ("ready", "landed"):
+                if msg.kind in ("ready", "landed") and (released or not self.bulk):
                     for layer in msg.layers:
                         source.full[layer] = max(source.full.get(layer, -1), min(msg.tokens_through,
                                                                                  self.schedule.num_tokens))
@@ -352,6 +372,7 @@ class StreamedTransfer:
             raise StreamedTransferError("the stream ended with planned bytes not moved",
                                         request_id=self.request_id)
         self._all_landed = True  # from here on the request succeeded, whatever else happens
+        self._revoke_writes()
         seconds = time.perf_counter() - self._started
         nbytes = self._landed.bytes
         ndesc = self.plan.statistics.descriptor_count
@@ -368,26 +389,31 @@ class StreamedTransfer:
             self._wake()
 
     async def _notify_done(self, seconds: float, notified: list[int]) -> None:
-        """Tell every notify rank the request is done (they free its blocks); failures are
-        logged, never raised — P's lease covers a lost notification."""
-        served = self.plan.statistics.bytes_by_source
+        """Tell every notify rank the request is done (they free its blocks): :func:`notify_done`."""
+        await notify_done(self._transport, self.plan, self.request_id, self._notify, seconds, self._stats, notified)
 
-        async def one(rank: int, peer: PeerHandle) -> None:
-            message = encode_control(ControlMessage("done", self.request_id, self.plan.dst_rank,
-                                                    bytes=served.get(rank, 0), seconds=seconds))
-            try:
-                await self._transport.notify(peer, message)
-            except Exception as exc:
-                self._stats.counts["notification_failures"] += 1
-                log.warning("stream %s: could not notify P rank %d: %s", self.request_id, rank, exc)
-                return
-            self._stats.counts["notifications_sent"] += 1
-            notified.append(rank)
+    # -- write grants (push) ----------------------------------------------------------------------
+    @property
+    def grant_id(self) -> str:
+        """The request id this stream's write grants are recorded under on D's transport."""
+        return f"{self.request_id} (stream {self.stream_id})"
 
-        with anyio.move_on_after(NOTIFY_TIMEOUT):
-            async with anyio.create_task_group() as tg:
-                for rank, peer in sorted(self._notify.items()):
-                    tg.start_soon(one, rank, peer)
+    def _grant_writes(self, writers: Mapping[int, str], lease: float | None) -> None:
+        """Grant each source rank writes into exactly the D bytes of its own rows; ``writers``
+        names a rank's identity where it is not its agent name (its certificate under TLS)."""
+        d = self.plan.descriptors
+        for rank, source in self._sources.items():
+            mine = d.take(np.flatnonzero(d.src_rank == rank))
+            rows = attrs.evolve(mine, dst_region=self._dst_map[mine.dst_region])
+            peer = writers.get(rank, source.handle.name)
+            grant_writes(self._transport, self.grant_id, peer, rows, lease)
+            self._granted.append(peer)
+
+    def _revoke_writes(self) -> None:
+        """Withdraw the write grants (idempotent): from now on D refuses the P ranks' writes."""
+        granted, self._granted = self._granted, []
+        for peer in dict.fromkeys(granted):
+            revoke_request(self._transport, self.grant_id, peer)
 
     # -- ending ---------------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -405,6 +431,7 @@ class StreamedTransfer:
                                       landed_layers=landed, timed_out=timed_out)
         error.__cause__ = cause
         self._error = error
+        self._revoke_writes()
         self._stats.counts["timeouts" if timed_out else "failures"] += 1
         log.info("stream %s failed: %s", self.request_id, error)
         self._scope.cancel()

@@ -9,7 +9,8 @@ requests, oldest dropped).
 
 Two kinds of subscriber:
 
-* **pull**: P forwards each readiness; D reads.
+* **pull**: P forwards each readiness; D reads. A subscriber that reads only once the
+  whole prompt is final (``final_only``: D's bulk mode) gets that one readiness alone.
 * **push**: P rebuilds D's schedule from the subscription (D's block table, P's block
   table, token counts — D's layout P already holds from D's hello; every P rank's layout
   it derives from its own), checks that its share of the plan is the one D expects
@@ -35,6 +36,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from hybridxfer.descriptors import Descriptors
 from hybridxfer.errors import InvalidArgumentError, LayoutError
+from hybridxfer.execute._done import NOTIFY_TIMEOUT
 from hybridxfer.execute._info import AgentInfo
 from hybridxfer.execute._stream_wire import StreamMessage, encode_stream
 from hybridxfer.layout import RankLayout, rank_layout_from_dict
@@ -47,8 +49,6 @@ log = logging.getLogger("hybridxfer.execute")
 
 #: Requests whose readiness a P agent keeps for late subscribers.
 REMEMBERED_STREAMS = 4096
-#: How long one notification to D may take.
-NOTIFY_TIMEOUT = 10.0
 #: The longest a subscription is served: a D rank that died without unsubscribing, for a
 #: request P never finishes, must not hold a task for ever.
 SUBSCRIPTION_SECONDS = 600.0
@@ -167,9 +167,21 @@ class StreamSource:
         return num_tokens is not None and bool(layers) and all(done.get(n, -1) >= num_tokens for n in layers)
 
     async def _forward(self, sub: _Subscriber, peer: PeerHandle) -> None:
-        """Pull: send each readiness on, until every layer we hold is final."""
+        """Pull: send each readiness on, until every layer we hold is final — or, for a
+        subscriber that reads only then (``final_only``), that one readiness alone."""
         msg, done = sub.message, dict[str, int]()
+        layers = self._layout.layers if isinstance(self._layout, RankLayout) else ()
+        final_only = msg.final_only and bool(layers) and msg.num_tokens is not None
         async for readiness in sub.receive:
+            if final_only:
+                for layer in readiness.layers:
+                    done[layer] = max(done.get(layer, -1), readiness.tokens_through)
+                if self._finished(done, msg.num_tokens):
+                    await self._notify(peer, StreamMessage("ready", msg.request_id, msg.stream_id,
+                                                           layers=tuple(sorted(layers)),
+                                                           tokens_through=msg.num_tokens or 0))
+                    return
+                continue
             await self._notify(peer, StreamMessage("ready", msg.request_id, msg.stream_id,
                                                    layers=tuple(sorted(readiness.layers)),
                                                    tokens_through=readiness.tokens_through))

@@ -60,10 +60,15 @@ class StreamHost(Protocol):
 def start_stream(agent: StreamHost, schedule: StreamSchedule, peers: Mapping[int, Peer] | Sequence[Peer], *,
                  request_id: str, mode: StreamMode, timeout: float | None, src_blocks: BlockTable | None,
                  dst_cached_tokens: int | Mapping[str, int] | None, group_layers: int, coalesce: bool,
-                 register: Callable[[StreamedTransfer], None]) -> StreamedTransfer:
+                 register: Callable[[StreamedTransfer], None], bulk: bool = False,
+                 writers: Mapping[int, str] | None = None) -> StreamedTransfer:
     """Check, build and start one stream (see :meth:`Agent.prepare_stream`)."""
     if mode not in ("pull", "push"):
         raise InvalidArgumentError(f"mode must be 'pull' or 'push', not {mode!r}")
+    if bulk and mode != "pull":
+        raise InvalidArgumentError("bulk=True reads once the prompt is final: it needs mode='pull'")
+    if writers and mode != "push":
+        raise InvalidArgumentError("writers names the identities P ranks write as: it needs mode='push'")
     if timeout is not None and timeout < 0:
         raise InvalidArgumentError(f"timeout must be >= 0, got {timeout}")
     layout = agent.layout
@@ -88,13 +93,14 @@ def start_stream(agent: StreamHost, schedule: StreamSchedule, peers: Mapping[int
         dst_blocks={g: tuple(b) for g, b in plan.dst_blocks.items()} if push else {},
         dst_cached_tokens=dst_cached_tokens if push else None, group_layers=group_layers, coalesce=coalesce,
         expect_bytes=max(plan.statistics.bytes_by_source.values(), default=0),
-        expect_rows=max(plan.statistics.descriptors_by_source.values(), default=0))
+        expect_rows=max(plan.statistics.descriptors_by_source.values(), default=0), final_only=bulk)
     encode_stream(subscription)  # too large for a notification: refuse now, with nothing sent
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
     stream = StreamedTransfer(
         schedule=schedule, request_id=request_id, stream_id=stream_id, mode=mode, transport=agent.transport,
         peers={rank: peer.handle for rank, peer in by_rank.items()}, local_regions=agent.region_names,
         layout=layout, stats=agent._stats, on_success=agent._remember_success, on_end=agent._stream_ended,
-        deadline=deadline, subscription=subscription, spawn=agent._spawn)
+        deadline=deadline, subscription=subscription, spawn=agent._spawn, bulk=bulk, writers=writers,
+        lease=timeout if timeout else None)
     register(stream)
     return stream

@@ -74,6 +74,9 @@ class StreamMessage:
     expect_rows: int = 0
     #: abort: why.
     reason: str = ""
+    #: pull subscribe: D reads only once every layer is final (bulk), so P sends one
+    #: readiness then, not one per layer (a P that ignores it is still read correctly).
+    final_only: bool = False
 
 
 def encode_stream(message: StreamMessage) -> bytes:
@@ -82,6 +85,8 @@ def encode_stream(message: StreamMessage) -> bytes:
                               "stream_id": message.stream_id}
     if message.kind == "subscribe":
         doc.update(dst_rank=message.dst_rank, mode=message.mode, num_tokens=message.num_tokens)
+        if message.final_only:
+            doc.update(final_only=True)
         if message.mode == "push":
             cached = message.dst_cached_tokens
             doc.update(src_blocks={g: list(b) for g, b in message.src_blocks.items()},
@@ -127,7 +132,7 @@ def decode_stream(data: bytes) -> StreamMessage | None:
             num_tokens=None if num_tokens is None else int(num_tokens), dst_cached_tokens=cached,
             group_layers=int(doc.get("group_layers", 1)), coalesce=bool(doc.get("coalesce", True)),
             expect_bytes=int(doc.get("expect_bytes", 0)), expect_rows=int(doc.get("expect_rows", 0)),
-            reason=str(doc.get("reason", "")))
+            reason=str(doc.get("reason", "")), final_only=doc.get("final_only") is True)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 

@@ -58,6 +58,18 @@ def make_plan(reads: Mapping[int, Sequence[object]], *, src_region_names: Sequen
     )
 
 
+@contextlib.asynccontextmanager
+async def _metadata_child(argv: list[str], what: str, start_timeout: float) -> AsyncIterator[tuple[ChildLines, bytes]]:
+    """Start a child agent process and wait for the ``META <hex>`` line it prints once its
+    transport is listening; the child is killed on exit whatever happened."""
+    async with open_child(argv, lambda status: ConformanceFailure(f"{what} process exited ({status})")) as child:
+        with anyio.fail_after(start_timeout):
+            line = await child.line()
+        if not line.startswith("META "):
+            raise ConformanceFailure(f"{what} process printed {line!r} instead of its metadata")
+        yield child, bytes.fromhex(line[5:])
+
+
 class PeerProcess:
     """A P agent in a child process serving ``pattern_bytes(seed, size)`` as region ``src``."""
 
@@ -77,12 +89,8 @@ class PeerProcess:
                 "--options", json.dumps(dict(options or {})), "--name", name, "--size", str(size),
                 "--seed", str(seed), "--rank", str(rank), "--tp-size", str(tp_size),
                 "--model-digest", model_digest]
-        async with open_child(argv, lambda status: ConformanceFailure("peer process exited")) as child:
-            with anyio.fail_after(start_timeout):
-                line = await child.line()
-            if not line.startswith("META "):
-                raise ConformanceFailure(f"peer process printed {line!r} instead of its metadata")
-            yield cls(child, bytes.fromhex(line[5:]))
+        async with _metadata_child(argv, "peer", start_timeout) as (child, metadata):
+            yield cls(child, metadata)
 
     async def _line(self) -> str:
         return await self.child.line()
@@ -242,12 +250,8 @@ class SinkProcess:
         """Start the sink and wait for its metadata; kill it on exit whatever happened."""
         argv = [sys.executable, "-m", "hybridxfer.testing._sink_process", "--transport", transport,
                 "--options", json.dumps(dict(options or {})), "--name", name, "--size", str(size)]
-        async with open_child(argv, lambda status: ConformanceFailure(f"sink process exited ({status})")) as child:
-            with anyio.fail_after(start_timeout):
-                line = await child.line()
-            if not line.startswith("META "):
-                raise ConformanceFailure(f"sink process printed {line!r} instead of its metadata")
-            yield cls(child, bytes.fromhex(line[5:]))
+        async with _metadata_child(argv, "sink", start_timeout) as (child, metadata):
+            yield cls(child, metadata)
 
     async def digest(self, timeout: float = 20.0) -> str:
         """The sha256 of the sink region as the child sees it now."""

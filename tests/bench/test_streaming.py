@@ -125,7 +125,7 @@ def test_cuda_memory_fails_with_a_typed_error_without_cuda(capsys: pytest.Captur
     from hybridxfer.bench import main
 
     with pytest.raises(CudaUnavailableError, match=r"torch .* sees no CUDA device") as info:
-        require_cuda(["nixl", "ucxx"])
+        require_cuda(["nixl"])
     assert isinstance(info.value, UnsupportedOperationError)
     with pytest.raises(CudaUnavailableError, match=r"transports \['tcp'\] move host memory only"):
         require_cuda(["tcp", "nixl"])

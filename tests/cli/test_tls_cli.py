@@ -44,7 +44,7 @@ async def _with_metadata_server(secret: bytes, tls: TlsConfig | None, body: obje
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve_metadata(listener, RANKS, secret, tls=tls.load() if tls else None,
-                                             handshake_timeout=5))
+                                             handshake_timeout=30))
         with anyio.fail_after(30):
             await body(Endpoint("127.0.0.1", port))  # type: ignore[operator]
         tg.cancel_scope.cancel()
@@ -54,7 +54,7 @@ SECRET = b"metadata-secret-never-shown"
 
 
 def test_metadata_over_tls_and_every_refusal(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="hybridxfer")  # the CLI may have set its own level earlier
     foreign = TlsConfig(pki.untrusted.cert, pki.untrusted.key, pki.ca.cert)
     errors: list[str] = []
 

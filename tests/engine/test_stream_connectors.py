@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import pytest
@@ -53,7 +54,7 @@ async def engines(kind: str, src_tp: int, dst_tp: int, dst_rank: int
 @pytest.mark.parametrize("mode", ["pull", "push"])
 @pytest.mark.parametrize(("kind", "src_tp", "dst_tp", "dst_rank"), [("loopback", 2, 1, 0), ("tcp", 1, 2, 0)])
 async def test_pull_streamed_lands_layer_by_layer(kind: str, src_tp: int, dst_tp: int, dst_rank: int,
-                                                  mode: str) -> None:
+                                                  mode: Literal["pull", "push"]) -> None:
     with anyio.fail_after(60):
         async with engines(kind, src_tp, dst_tp, dst_rank) as (ranks, d, side):
             load = d.pull_streamed("req", engine="P", src_blocks=side.src_blocks, dst_blocks=side.dst_blocks,
@@ -82,7 +83,7 @@ async def test_a_stream_that_misses_its_deadline_is_recorded_once_with_exact_blo
     with anyio.fail_after(30):
         async with engines("loopback", 1, 1, 0) as (ranks, d, side):
             load = d.pull_streamed("req", engine="P", src_blocks=side.src_blocks, dst_blocks=side.dst_blocks,
-                                   num_tokens=TOKENS, timeout=0.5, on_failure="recompute")
+                                   num_tokens=TOKENS, timeout=0.5, on_failure="recompute", mode="pull")
             first = side.layout.layers[0]
             ranks[0].layers_ready("req", [first], TOKENS)
             await load.wait_for_layer_load(first)

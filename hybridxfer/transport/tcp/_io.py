@@ -8,9 +8,11 @@ on ``EAGAIN``, so a busy stream costs one syscall per kernel buffer's worth of d
 an event-loop round trip per chunk. Each wait is bounded by ``stall_timeout``: a peer that
 makes no progress for that long is treated as dead (``TimeoutError``).
 
-Sends and control frames run non-blocking on the event loop; a READ reply's payload is
-received on a worker thread (:func:`recv_runs_in_thread`), which measured 5-15 % faster here
-and lets replies from several P ranks land in parallel.
+Serving, notifications and control frames run non-blocking on the event loop. A reader's
+whole READ exchange — request out, reply frame and payload in — runs on a worker thread
+(:func:`run_blocking` with the ``*_blocking`` helpers): one loop -> thread -> loop hop per
+read and no readiness wait between the reply frame and its bytes; receives there release
+the GIL, so replies from several P ranks land in parallel.
 
 Under TLS the same helpers take the :class:`ssl.SSLSocket` instead (every caller — reads,
 writes, notifications — goes through them, so TLS covers every byte). ``SSLSocket`` has
@@ -28,11 +30,13 @@ from __future__ import annotations
 import bisect
 import contextlib
 import ctypes
+import functools
 import socket
 import ssl
+import struct
 import threading
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import TypeVar, cast
 
 import anyio
 import numpy as np
@@ -41,10 +45,12 @@ import numpy.typing as npt
 from hybridxfer.errors import BrokenTransportError
 from hybridxfer.transport._protocol import MemoryRegion
 
-__all__ = ["IOV_MAX", "recv_exactly", "recv_into_views", "recv_runs_in_thread", "region_view", "send_runs",
-           "send_views", "tls_handshake", "wrap_tls"]
+__all__ = ["IOV_MAX", "recv_exactly", "recv_exactly_blocking", "recv_into_views", "recv_runs_blocking",
+           "recv_runs_in_thread", "region_view", "run_blocking", "send_runs", "send_views", "send_views_blocking",
+           "tls_handshake", "wrap_tls"]
 
 Int64Array = npt.NDArray[np.int64]
+_T = TypeVar("_T")
 
 #: Linux's IOV_MAX; ``sendmsg`` / ``recvmsg_into`` refuse more buffers per call.
 IOV_MAX = 1024
@@ -121,8 +127,9 @@ def _ends(views: Sequence[memoryview]) -> list[int]:
     return ends
 
 
-def _recv_step(sock: socket.socket, views: Sequence[memoryview], ends: list[int], pos: int) -> int:
+def _recv_step(sock: socket.socket, views: Sequence[memoryview], ends: list[int], pos: int, flags: int = 0) -> int:
     """One scatter receive into ``views`` from byte ``pos`` on; returns the bytes received.
+    ``flags`` go to a plain socket's receive (TLS reads take none).
 
     ``BlockingIOError`` (non-blocking socket, nothing ready) and ``TimeoutError`` (blocking
     socket, stalled peer) pass through for the caller's own waiting policy.
@@ -137,9 +144,9 @@ def _recv_step(sock: socket.socket, views: Sequence[memoryview], ends: list[int]
             # (typeshed types the buffer form as returning bytes; it returns the count)
             n = cast(int, sock.read(min(first.nbytes, _TLS_CHUNK), cast(bytearray, first)))
         elif i + 1 == len(views):
-            n = sock.recv_into(first)
+            n = sock.recv_into(first, 0, flags)
         else:
-            n = sock.recvmsg_into([first, *views[i + 1 : i + IOV_MAX]])[0]
+            n = sock.recvmsg_into([first, *views[i + 1 : i + IOV_MAX]], 0, flags)[0]
     except ssl.SSLWantReadError:
         raise BlockingIOError from None
     except ssl.SSLWantWriteError:
@@ -164,6 +171,7 @@ async def recv_into_views(
     total = ends[-1] if ends else 0
     pos = 0
     spins = 0
+    waited = False
     while pos < total:
         if spins >= _SPINS_PER_CHECKPOINT:
             spins = 0
@@ -173,12 +181,14 @@ async def recv_into_views(
             pos += _recv_step(sock, views, ends, pos)
         except BlockingIOError:
             await _wait_readable(sock, stall_timeout)
-            spins = 0
+            spins, waited = 0, True
         except _WantWrite:
             await _wait_writable(sock, stall_timeout)
-            spins = 0
-    # Even when every byte was already buffered, give other tasks (and cancellation) a turn.
-    await anyio.lowlevel.checkpoint()
+            spins, waited = 0, True
+    if not waited:
+        # Every byte was already buffered: still give other tasks (and cancellation) a
+        # turn. After a wait that turn was taken already; one more would cost a loop pass.
+        await anyio.lowlevel.checkpoint()
 
 
 async def send_views(
@@ -195,6 +205,7 @@ async def send_views(
     total = ends[-1] if ends else 0
     pos = 0
     spins = 0
+    waited = False
     while pos < total:
         if spins >= _SPINS_PER_CHECKPOINT:
             spins = 0
@@ -206,12 +217,13 @@ async def send_views(
             n = sock.sendmsg([mvs[i][pos - start :], *mvs[i + 1 : i + IOV_MAX]])
         except BlockingIOError:
             await _wait_writable(sock, stall_timeout)
-            spins = 0
+            spins, waited = 0, True
             continue
         except OSError as exc:
             raise BrokenTransportError(f"send failed: {exc}") from exc
         pos += n
-    await anyio.lowlevel.checkpoint()
+    if not waited:  # as in recv_into_views: one turn for the others, not two
+        await anyio.lowlevel.checkpoint()
 
 
 def _tls_chunks(views: Sequence[memoryview]) -> list[memoryview]:
@@ -266,27 +278,87 @@ async def send_runs(
     region_views: Sequence[memoryview],
     runs: tuple[Int64Array, Int64Array, Int64Array],
     stall_timeout: float | None,
+    head: bytes = b"",
 ) -> None:
-    """Send (region, offset, length) runs of registered memory, building views per chunk.
+    """Send ``head`` (a reply's control frame), then (region, offset, length) runs of
+    registered memory, building views per chunk.
 
-    Views are made ``IOV_MAX`` at a time, interleaved with the sends, so the receiver is
-    already draining while we slice the next chunk (measured: building 65k views up
-    front cost as much as sending them).
+    ``head`` goes out in the same ``sendmsg`` as the first views: the receiver gets the
+    frame and the first payload bytes from one segment, not two. Views are made
+    ``IOV_MAX`` at a time, interleaved with the sends, so the receiver is already draining
+    while we slice the next chunk (measured: building 65k views up front cost as much as
+    sending them).
     """
     region, offset, length = runs
     r, s, e = region.tolist(), offset.tolist(), (offset + length).tolist()
-    for a in range(0, len(r), IOV_MAX):
-        await send_views(sock, _chunk_views(region_views, r, s, e, a, a + IOV_MAX), stall_timeout)
+    if not r:
+        if head:
+            await send_views(sock, [head], stall_timeout)
+        return
+    for a in range(0, len(r), IOV_MAX - 1):
+        views: list[memoryview | bytes] = []
+        if head and not a:
+            views.append(head)
+        views.extend(_chunk_views(region_views, r, s, e, a, a + IOV_MAX - 1))
+        await send_views(sock, views, stall_timeout)
 
 
 
-def _recv_runs_blocking(
+def send_views_blocking(sock: socket.socket, views: Sequence[memoryview | bytes]) -> None:
+    """:func:`send_views` for :func:`run_blocking`'s worker thread.
+
+    ``TimeoutError`` (no progress for the stall timeout); other failures raise
+    :class:`BrokenTransportError`."""
+    mvs = [memoryview(v) if isinstance(v, bytes) else v for v in views]
+    try:
+        if isinstance(sock, ssl.SSLSocket):
+            for chunk in _tls_chunks(mvs):
+                sock.sendall(chunk)
+            return
+        ends = _ends(mvs)
+        total = ends[-1] if ends else 0
+        pos = 0
+        while pos < total:
+            i = bisect.bisect_right(ends, pos)
+            start = ends[i - 1] if i else 0
+            pos += sock.sendmsg([mvs[i][pos - start :], *mvs[i + 1 : i + IOV_MAX]])
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError, TimeoutError) as exc:
+        raise TimeoutError("send made no progress within the stall timeout") from exc
+    except (OSError, ValueError) as exc:
+        raise BrokenTransportError(f"send failed: {exc}") from exc
+
+
+def _blocking_step(sock: socket.socket, views: Sequence[memoryview], ends: list[int], pos: int) -> int:
+    """:func:`_recv_step` on a blocking socket with ``MSG_WAITALL``: the kernel fills all
+    (up to ``IOV_MAX``) views in one call, the GIL released throughout, instead of one
+    Python round per arriving segment — which, with two P ranks' replies landing in one
+    process, let one receiving thread hold off the other. A call returns early only when
+    the kernel timeout (``SO_RCVTIMEO``) passes: with some bytes, we go on; with none
+    (EAGAIN), the peer stalled."""
+    try:
+        return _recv_step(sock, views, ends, pos, socket.MSG_WAITALL)
+    except (BlockingIOError, _WantWrite) as exc:
+        raise TimeoutError(f"receive made no progress within the stall timeout ({pos} of {ends[-1]} bytes)") from exc
+
+
+def recv_exactly_blocking(sock: socket.socket, size: int) -> bytes:
+    """:func:`recv_exactly` for :func:`run_blocking`'s worker thread."""
+    buf = bytearray(size)
+    views = [memoryview(buf)]
+    ends = [size]
+    pos = 0
+    while pos < size:
+        pos += _blocking_step(sock, views, ends, pos)
+    return bytes(buf)
+
+
+def recv_runs_blocking(
     sock: socket.socket,
     region_views: Sequence[memoryview],
     runs: tuple[Int64Array, Int64Array, Int64Array],
 ) -> None:
     """Receive into (region, offset, length) runs of registered memory, ``IOV_MAX`` views at a
-    time, on a worker thread: the socket is in blocking mode with the stall timeout."""
+    time, on :func:`run_blocking`'s worker thread."""
     region, offset, length = runs
     r, s, e = region.tolist(), offset.tolist(), (offset + length).tolist()
     for a in range(0, len(r), IOV_MAX):
@@ -295,7 +367,7 @@ def _recv_runs_blocking(
         total = ends[-1] if ends else 0
         pos = 0
         while pos < total:
-            pos += _recv_step(sock, views, ends, pos)
+            pos += _blocking_step(sock, views, ends, pos)
 
 
 async def recv_runs_in_thread(
@@ -305,32 +377,74 @@ async def recv_runs_in_thread(
     stall_timeout: float | None,
 ) -> None:
     """Receive a READ reply into its runs on a worker thread, so reads from several peers proceed in parallel
-    (``recv_into`` releases the GIL) and the event loop stays free.
+    (``recv_into`` releases the GIL) and the event loop stays free. Cancellation: as
+    :func:`run_blocking`."""
+    await run_blocking(sock, functools.partial(recv_runs_blocking, sock, region_views, runs), stall_timeout)
+
+
+async def run_blocking(sock: socket.socket, work: Callable[[], _T], stall_timeout: float | None) -> _T:
+    """Run ``work`` — blocking I/O on ``sock`` only — on a worker thread, the socket in
+    blocking mode with ``stall_timeout``; its result or exception is ours.
+
+    Why: a whole exchange (request out, reply frame and payload in) in one thread call
+    costs one event-loop -> thread -> event-loop hop, where the same steps on the loop
+    cost a readiness wait per step plus the hop for the payload.
+
+    The stall timeout is the kernel's (``SO_RCVTIMEO`` / ``SO_SNDTIMEO`` on a plain blocking
+    socket), not Python's ``settimeout``: with the latter every ``recv`` is a ``poll`` and then
+    the receive, twice the syscalls and GIL hand-offs of the raw-socket path for a busy
+    stream. (The options do nothing to the non-blocking socket the event loop uses.)
 
     Cancellation shuts the socket down, which wakes the thread, and waits (shielded, a few
     seconds at most) until it has stopped writing into destination memory; the caller
     must then close the connection.
     """
     stopped = threading.Event()
+    result: list[_T] = []
+    # A cancellation can come before a worker picked the call up (then it never runs):
+    # whether ``work`` started is decided under this lock, once.
+    lock = threading.Lock()
+    state = {"started": False, "abandoned": False}
 
-    def work() -> None:
+    def guarded() -> None:
+        with lock:
+            if state["abandoned"]:
+                return
+            state["started"] = True
         try:
-            _recv_runs_blocking(sock, region_views, runs)
+            result.append(work())
         finally:
             stopped.set()
 
-    sock.settimeout(stall_timeout)
+    sock.settimeout(None)
+    _set_kernel_timeouts(sock, stall_timeout)
     try:
-        await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(guarded, abandon_on_cancel=True)
+        return result[0]
     except BaseException:
+        with lock:
+            state["abandoned"] = True
+            started = state["started"]
         with contextlib.suppress(OSError):
             # the plain socket's shutdown: SSLSocket.shutdown would also drop its TLS state
             # under the thread's feet
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
-            while not stopped.is_set():  # polled: waiting on a second thread would park one more
-                await anyio.sleep(0.001)
+        if started:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+                while not stopped.is_set():  # polled: waiting on a second thread would park one more
+                    await anyio.sleep(0.001)
         raise
     finally:
         if sock.fileno() >= 0:
             sock.setblocking(False)
+
+
+def _set_kernel_timeouts(sock: socket.socket, seconds: float | None) -> None:
+    """Bound each blocking send / receive on ``sock`` (None or 0: no bound)."""
+    whole = int(seconds or 0)
+    micro = int(((seconds or 0) - whole) * 1_000_000)
+    if seconds and not whole and not micro:
+        micro = 1  # a positive timeout below 1 µs must not turn into "forever"
+    tv = struct.pack("@ll", whole, micro)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import anyio
 import anyio.abc
 import attrs
+from anyio.streams.memory import MemoryObjectSendStream
 
 from hybridxfer.descriptors import bounds_problem, merge_ranges
 from hybridxfer.errors import BrokenTransportError, ProtocolError
@@ -80,7 +81,7 @@ class TcpServer:
         name: str,
         regions: Callable[[], Sequence[tuple[MemoryRegion, memoryview]]],
         secret: bytes,
-        notifications: anyio.abc.ObjectSendStream[Notification],
+        notifications: MemoryObjectSendStream[Notification],
         limits: ServerLimits,
         incarnation: str = "",
         tls: TlsContexts | None = None,
@@ -215,7 +216,9 @@ class TcpServer:
                 await serve_write(conn, client.identity, payload, self._regions(), self._limits.stall_timeout,
                                   self._name, authorize=self._authorize_write)
             elif frame_type is _wire.FrameType.NOTIFY and isinstance(payload, bytes):
-                await self._notifications.send(Notification(client.name, payload))
+                # queued without a scheduling pass (the stream is unbounded): the ack leaves
+                # on this loop turn, and it still only ever follows the delivery
+                self._notifications.send_nowait(Notification(client.name, payload))
                 ack = _wire.encode_frame(_wire.FrameType.NOTIFY_ACK)
                 await send_views(conn, [ack], self._limits.stall_timeout)
             else:
@@ -239,17 +242,23 @@ class TcpServer:
         region, offset, length = merge_ranges(req.src_region, req.src_offset, req.length)
         total = int(length.sum()) if len(length) else 0
         log.debug("tcp server %s: READ %d from %s: %d rows, %d runs, %d bytes", self._name, req.seq, client, len(req.length), len(length), total)
-        await send_views(conn, [_wire.encode_read_ok(req.seq, total)], self._limits.stall_timeout)
         views = [v for _, v in entries]
-        await send_runs(conn, views, (region, offset, length), self._limits.stall_timeout)
+        await send_runs(conn, views, (region, offset, length), self._limits.stall_timeout,
+                        head=_wire.encode_read_ok(req.seq, total))
 
 
 def tune_socket(sock: socket.socket) -> None:
-    """Big kernel buffers and no Nagle: measured +30-50 % on loopback (spec 1c)."""
+    """No Nagle (a request frame must leave at once); the kernel keeps sizing the buffers.
+
+    Why not fixed 4 MiB ``SO_SNDBUF`` / ``SO_RCVBUF`` (which beat the defaults for 64 KiB
+    ``recv_into`` pieces in an early loopback test): they switch autotuning off, and with
+    them a READ reply's sender copied ~8 MiB before the reader's first byte (+1.5 ms to
+    the first payload byte of a 25 MB reply on loopback); end to end, autotuned buffers
+    were faster for that 25 MB read and as fast for 37-125 MB ones (docs/performance.md,
+    "TCP: the small-request gap") — the raw-socket ceiling uses them too.
+    """
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     except OSError:
         pass
 

@@ -17,11 +17,9 @@ import anyio
 
 from hybridxfer.descriptors import Descriptors, check_bounds, merge_ranges
 from hybridxfer.errors import (
-    BrokenTransportError,
     GrantRefusedError,
     ProtocolError,
     TransferError,
-    TransferTimeout,
     TransportError,
 )
 from hybridxfer.transport._grants import REFUSAL_PREFIX
@@ -57,33 +55,8 @@ async def write_on_connection(conn: TcpConnection, descriptors: Descriptors,
 
 
 async def _write_pooled(peer: TcpPeer, descriptors: Descriptors, region_views: Sequence[memoryview]) -> None:
-    """One WRITE on a pooled connection; errors keep their class as in ``TcpPeer.read``.
-    Cancellation closes that connection only."""
-    async with peer._limiter:
-        if peer._closed:
-            raise BrokenTransportError(f"connection pool to {peer.name!r} is closed")
-        pooled = bool(peer._idle)
-        conn = await peer._acquire()
-        try:
-            await write_on_connection(conn, descriptors, region_views)
-        except TransferError:
-            peer._release(conn)
-            raise
-        except BrokenTransportError as exc:
-            conn.close()
-            if pooled:  # an idle connection that died while parked: see who answers now
-                await peer._check_restarted(exc)
-            raise
-        except ProtocolError:
-            conn.close()
-            raise
-        except TimeoutError as exc:
-            conn.close()
-            raise TransferTimeout(f"peer {peer.name!r} stalled for {peer._options.stall_timeout}s") from exc
-        except BaseException:
-            conn.close()
-            raise
-        peer._release(conn)
+    """One WRITE on a pooled connection; errors keep their class as in ``TcpPeer.read``."""
+    await peer.exchange(lambda conn: write_on_connection(conn, descriptors, region_views))
 
 
 async def write_batch(peer: TcpPeer, batch: Descriptors, regions: Sequence[tuple[MemoryRegion, memoryview]],

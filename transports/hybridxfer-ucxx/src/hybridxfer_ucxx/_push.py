@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hybridxfer.transport import bounds_problem
+from hybridxfer.transport import ReadAuthorizer, bounds_problem
 
 from hybridxfer_ucxx._schedule import Message, schedule
 from hybridxfer_ucxx._wire import FrameType, decode_write
@@ -93,9 +93,13 @@ async def send_messages(endpoint: Any, views: Sequence[U8Array], messages: Seque
 
 
 async def serve_write(payload: bytes, *, endpoint: Any, tag_base: int, regions: Sequence[U8Array],
-                      reply: Callable[[FrameType, bytes], Awaitable[None]]) -> None:
+                      reply: Callable[[FrameType, bytes], Awaitable[None]], agent: str = "?",
+                      authorize: ReadAuthorizer | None = None) -> None:
     """Serve one ``WRITE`` frame: refuse it (``DONE(ok=0)``, nothing received), or post the
-    receives, answer ``READY`` and answer ``DONE`` when every byte has landed."""
+    receives, answer ``READY`` and answer ``DONE`` when every byte has landed.
+
+    ``authorize`` (write grants): asked, after the bounds check, with the writer's declared
+    agent name and the rows it would fill; its reason refuses the whole frame."""
     req = decode_write(payload)
     problem = bounds_problem(req.dst_region, req.dst_offset, req.length, [len(v) for v in regions],
                              side="destination")
@@ -103,6 +107,11 @@ async def serve_write(payload: bytes, *, endpoint: Any, tag_base: int, regions: 
         problem = f"pack size {req.pack_bytes} outside (0, {MAX_PACK_BYTES}]"
     if problem is None and endpoint is None:
         problem = "WRITE before HELLO"
+    if problem is None and authorize is not None:
+        refused = authorize(agent, req.dst_region, req.dst_offset, req.length)
+        if refused is not None:
+            await reply(FrameType.DONE, DONE.pack(req.request, 0) + refused.encode())
+            return
     if problem is not None:
         await reply(FrameType.DONE, DONE.pack(req.request, 0) + f"no byte written: {problem}".encode())
         return

@@ -43,12 +43,14 @@ async def serve_connection(
     zero_copy_bytes: int,
     pack_bytes: int,
     authorize: ReadAuthorizer | None = None,
+    authorize_write: ReadAuthorizer | None = None,
 ) -> None:
     """Serve frames until the peer disconnects. Cancellation drops the connection.
 
     ``authorize`` (grants): asked before any byte of a READ is sent, with the agent name
     the peer declared in its HELLO — UCXX connections are not authenticated, so that
-    name is the peer's word (``docs/security.md``).
+    name is the peer's word (``docs/security.md``). ``authorize_write``: the same for the
+    rows of a WRITE, against write grants, before any receive is posted.
     """
     receiver = BufferedByteReceiveStream(stream)
     lock = anyio.Lock()
@@ -113,7 +115,8 @@ async def serve_connection(
                     tg.start_soon(serve_read, payload)
                 elif kind is FrameType.WRITE:  # push into our regions (see _push)
                     tg.start_soon(functools.partial(serve_write, payload, endpoint=endpoint, tag_base=tag_base,
-                                                    regions=views(), reply=reply))
+                                                    regions=views(), reply=reply, agent=agent,
+                                                    authorize=authorize_write))
                 elif kind is FrameType.NOTIFY:
                     deliver(Notification(agent, payload))
                     await reply(FrameType.NOTIFY_ACK, b"")

@@ -71,8 +71,9 @@ class UcxxTransport:
     dies mid-transfer (observed in the conformance suite's kill test). Both ends of a
     pair use the value the reading side chose. ``require_grants``: serve a READ only
     inside a live grant in :attr:`grants` (``grants``: that table, default a fresh one) of
-    the reader's declared agent name; a refusal raises
-    :class:`~hybridxfer.errors.GrantRefusedError` on the reader.
+    the reader's declared agent name, and a WRITE only inside a live write grant of the
+    writer's; a refusal raises :class:`~hybridxfer.errors.GrantRefusedError` on the
+    reader (writer).
     """
 
     def __init__(
@@ -177,6 +178,7 @@ class UcxxTransport:
             zero_copy_bytes=self._zero_copy_bytes,
             pack_bytes=self._pack_bytes,
             authorize=self.grants.authorize if self.require_grants else None,
+            authorize_write=self.grants.authorize_write if self.require_grants else None,
         )
 
     def _deliver(self, note: Notification) -> None:
