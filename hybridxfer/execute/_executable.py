@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from hybridxfer.descriptors import Descriptors
 from hybridxfer.errors import ConnectError, IncompatibleLayoutsError, TransferError, TransferTimeout
-from hybridxfer.execute._done import NOTIFY_TIMEOUT, notify_done
+from hybridxfer.execute._done import notify_done
 from hybridxfer.execute._stats import StatisticsRecorder
 from hybridxfer.plan import TransferPlan
 from hybridxfer.transport import PeerHandle, Transport

@@ -70,13 +70,21 @@ async def _metadata_child(argv: list[str], what: str, start_timeout: float) -> A
         yield child, bytes.fromhex(line[5:])
 
 
-class PeerProcess:
-    """A P agent in a child process serving ``pattern_bytes(seed, size)`` as region ``src``."""
+class _ChildAgent:
+    """An agent in a child process: its output lines and the metadata it announced."""
 
     def __init__(self, child: ChildLines, metadata: bytes) -> None:
         self.child = child
         self.process = child.process
         self.metadata = metadata
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no FIN from user space — the crash engines see."""
+        self.child.kill()
+
+
+class PeerProcess(_ChildAgent):
+    """A P agent in a child process serving ``pattern_bytes(seed, size)`` as region ``src``."""
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -103,11 +111,6 @@ class PeerProcess:
                 return line.split()[1]
             raise ConformanceFailure(f"unexpected peer output {line!r}")
         return None
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no FIN from user space — the crash engines see."""
-        if self.process.returncode is None:
-            self.process.kill()
 
 
 async def _agent(transport: str, options: Mapping[str, object], dst: npt.NDArray[np.uint8],
@@ -235,13 +238,8 @@ async def check_peer_killed_near_end(transport: str, options: Mapping[str, objec
     await check_peer_killed(transport, options, kill_at=0.99)
 
 
-class SinkProcess:
+class SinkProcess(_ChildAgent):
     """A write target in a child process (:mod:`hybridxfer.testing._sink_process`)."""
-
-    def __init__(self, child: ChildLines, metadata: bytes) -> None:
-        self.child = child
-        self.process = child.process
-        self.metadata = metadata
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -262,9 +260,6 @@ class SinkProcess:
         if not line.startswith("DIGEST "):
             raise ConformanceFailure(f"sink process printed {line!r} instead of a digest")
         return line.split()[1]
-
-    def kill(self) -> None:
-        self.child.kill()
 
 
 def _sha(data: npt.NDArray[np.uint8]) -> str:

@@ -10,20 +10,27 @@ regions with :func:`~hybridxfer.synthetic.source_memory`, registers them, prints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
-__all__ = ["main", "serve_rank"]
+if TYPE_CHECKING:
+    from hybridxfer.execute import Agent
+
+__all__ = ["main", "serve_rank", "synthetic_prefill_agent"]
 
 
-async def serve_rank(layout_text: str, *, tp: int, rank: int, tokens: int, transport: str,
-                     options: dict[str, object], name: str) -> None:
-    """Serve one synthetic request of ``tokens`` tokens as P rank ``rank`` of ``tp``."""
+@contextlib.asynccontextmanager
+async def synthetic_prefill_agent(layout_text: str, *, tp: int, rank: int, tokens: int, transport: str,
+                                  options: dict[str, object], name: str) -> AsyncIterator[Agent]:
+    """An entered prefill :class:`~hybridxfer.execute.Agent` for P rank ``rank`` of ``tp``
+    whose regions hold one synthetic request of ``tokens`` tokens, registered."""
     from hybridxfer.execute import Agent
     from hybridxfer.layout import loads_layout
-    from hybridxfer.testing._peer_process import announce_and_serve
     from hybridxfer.synthetic import blocks_for, source_memory
 
     layout = loads_layout(layout_text)
@@ -33,6 +40,16 @@ async def serve_rank(layout_text: str, *, tp: int, rank: int, tokens: int, trans
                      rank=rank, tp_size=tp, layout=rank_layout) as agent:
         for region in rank_layout.region_names:
             await agent.register(region, memory[region])
+        yield agent
+
+
+async def serve_rank(layout_text: str, *, tp: int, rank: int, tokens: int, transport: str,
+                     options: dict[str, object], name: str) -> None:
+    """Serve one synthetic request of ``tokens`` tokens as P rank ``rank`` of ``tp``."""
+    from hybridxfer.testing._peer_process import announce_and_serve
+
+    async with synthetic_prefill_agent(layout_text, tp=tp, rank=rank, tokens=tokens, transport=transport,
+                                       options=options, name=name) as agent:
         await announce_and_serve(agent)
 
 

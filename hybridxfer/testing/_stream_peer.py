@@ -23,18 +23,11 @@ __all__ = ["main"]
 
 async def _serve(layout_text: str, *, tp: int, rank: int, tokens: int, transport: str,
                  options: dict[str, object], name: str) -> None:
-    from hybridxfer.execute import Agent
-    from hybridxfer.layout import loads_layout
     from hybridxfer.plan import Readiness
-    from hybridxfer.synthetic import blocks_for, source_memory
+    from hybridxfer.testing._hybrid_peer import synthetic_prefill_agent
 
-    layout = loads_layout(layout_text)
-    rank_layout = layout.for_rank(tp, rank, num_blocks=blocks_for(layout, tp, tokens))
-    memory = source_memory(rank_layout, tokens)
-    async with Agent(name, transport=transport, transport_options=options, role="prefill",
-                     rank=rank, tp_size=tp, layout=rank_layout) as agent:
-        for region in rank_layout.region_names:
-            await agent.register(region, memory[region])
+    async with synthetic_prefill_agent(layout_text, tp=tp, rank=rank, tokens=tokens, transport=transport,
+                                       options=options, name=name) as agent:
         print("META", agent.metadata().hex(), flush=True)
         while True:
             line = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
